@@ -1,0 +1,59 @@
+"""Atomic orbax checkpoints of the whole truth of a run.
+
+A checkpoint holds three items, written together by one ``CheckpointManager.save`` (orbax
+writes into a temporary directory and renames it when complete, so a killed run never leaves
+a half-written checkpoint that would be picked up):
+
+* ``state``: the ``ContinualState`` pytree (learner, teacher, importance, replay memory, masks);
+* ``meta``: JSON with the run position (task, step within the task, whether the task's training
+  is finished) and the results so far (accuracy matrix, per-task metrics);
+* ``data``: JSON with the grain iterator state of the task stream in progress (or ``{}``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from jax_cavs.state import ContinualState
+
+
+class Checkpointer:
+    """Saves and restores ``(state, meta, data)`` under ``workdir/checkpoints``."""
+
+    def __init__(self, workdir: str, max_to_keep: int = 2):
+        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                                 enable_async_checkpointing=False))
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, state: ContinualState, meta: dict[str, Any],
+             data: dict[str, Any] | None = None) -> None:
+        self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            meta=ocp.args.JsonSave(meta),
+            data=ocp.args.JsonSave(data or {})), force=True)
+        self._manager.wait_until_finished()
+
+    def restore(self, template: ContinualState, step: int | None = None
+                ) -> tuple[ContinualState, dict[str, Any], dict[str, Any]]:
+        """Restores the latest (or given) checkpoint into the structure of ``template``."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint under {self.directory}")
+        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract),
+            meta=ocp.args.JsonRestore(),
+            data=ocp.args.JsonRestore()))
+        return restored.state, dict(restored.meta), dict(restored.data or {})
+
+    def close(self) -> None:
+        self._manager.close()

@@ -1,0 +1,106 @@
+"""The shared base of every experiment config (``configs/<method>.py`` build on it).
+
+Configs follow big_vision: ``get_config(arg)`` returns an ``ml_collections.ConfigDict``; the
+single ``arg`` string (``--config configs/cmr.py:runlocal,memory=3``) selects variants and is
+parsed by ``parse_arg``. Fields are then overridable on the command line as
+``--config.scenario.split=60-10``; the config is locked so a misspelt field is an error.
+
+Every config accepts ``runlocal``: the tiny SynthAVS variant, a smaller model and a couple of
+epochs, so a whole continual run takes well under a minute on one CPU core.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ml_collections
+
+DEFAULT_DATA_DIR = os.environ.get(
+    "JAX_CAVS_DATA_DIR", os.path.join(os.path.expanduser("~"), ".cache", "jax_cavs", "data"))
+
+
+def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:
+    """Parses ``"a,b=3,c=x"`` against defaults ``spec`` (types follow the defaults).
+
+    A bare name sets a boolean to True. Unknown names are an error listing the valid ones.
+    """
+    result = ml_collections.ConfigDict(dict(spec))
+    for token in filter(None, (arg or "").split(",")):
+        key, _, value = token.partition("=")
+        key = key.strip()
+        if key not in spec:
+            raise ValueError(f"unknown config argument {key!r}; valid arguments: "
+                             f"{', '.join(sorted(spec))}.")
+        default = spec[key]
+        if not value:
+            if not isinstance(default, bool):
+                raise ValueError(f"config argument {key!r} needs a value ({key}=...).")
+            result[key] = True
+        elif isinstance(default, bool):
+            result[key] = value.lower() in ("1", "true", "yes")
+        else:
+            result[key] = type(default)(value)
+    return result
+
+
+def base_config(strategy: str, args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The default continual experiment: SynthAVS ``small``, the 12-4 overlapped split."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.arg = ml_collections.ConfigDict(args.to_dict())
+
+    config.dataset = ml_collections.ConfigDict(dict(
+        name="synth_avs",          # a module of data_pipelines/ registering the TFDS builder
+        config="small",            # builder config
+        data_dir=DEFAULT_DATA_DIR,  # built there on first use, reused afterwards
+        image_size=64,             # model input resolution (frames are resized to it)
+    ))
+    config.scenario = ml_collections.ConfigDict(dict(
+        split="12-4",              # N classes first, then M per task
+        mode="overlapped",         # or "disjoint" (Louvain class order, strict filtering)
+        subset="all",              # "cis" single-source / "cim" multi-source videos only
+        disjoint_rule="strict",
+        class_order=(),            # explicit order of the foreground classes (empty: default)
+        louvain_seed=0,
+    ))
+    config.model = ml_collections.ConfigDict(dict(
+        backbone_depth=18,
+        backbone_width=0.25,
+        neck_channels=32,
+        neck_dilations=(1, 2, 3, 4),
+        tpavi_stages=(0, 1, 2, 3),
+        tpavi_inter_channels=16,
+        tpavi_group=5,
+        audio_width=0.25,
+        freeze_audio=False,        # VGGish is frozen only when pretrained weights are loaded
+        dtype="float32",
+        remat_backbone=False,
+    ))
+    config.strategy = ml_collections.ConfigDict(dict(name=strategy))
+    config.optimizer = ml_collections.ConfigDict(dict(
+        name="adam",
+        lr=1e-3,                   # first task
+        lr_incremental=1e-4,       # later tasks (PLOP/MiB use 10x lower)
+        weight_decay=0.0,
+        grad_clip=1.0,             # global-norm clipping; 0 disables
+    ))
+    config.train = ml_collections.ConfigDict(dict(
+        batch_size=4,              # clips per step (x frames per clip)
+        epochs=8,                  # per task
+        eval_batch_size=8,
+        worker_count=1,            # grain worker processes (0: in-process)
+        log_every=25,
+        checkpoint_every=0,        # steps between mid-task checkpoints (0: task ends only)
+    ))
+    if args.get("runlocal", False):
+        config.dataset.config = "tiny"
+        config.dataset.image_size = 32
+        config.model.neck_channels = 16
+        config.model.tpavi_inter_channels = 8
+        config.scenario.split = "6-2"
+        config.train.epochs = 2
+        config.train.batch_size = 2
+        config.train.worker_count = 0
+        config.train.log_every = 5
+    return config

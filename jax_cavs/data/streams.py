@@ -1,0 +1,141 @@
+"""grain pipelines: per-task training streams and evaluation batches.
+
+A stream is built from a list of *items* ``(record_index, is_memory, valid)`` over a split:
+the current task's videos once each, plus the replay memory's videos (with duplicates when a
+rehearsal policy such as CSR draws some more often). The items are shuffled together every
+epoch, so current and replay samples are mixed at random inside batches (spec_cavs §6.1).
+
+Each item is decoded into a model-ready clip (frames resized and ImageNet-normalised, audio to
+VGGish log-mel, labels remapped):
+
+* current-task samples keep only the current classes, everything else becomes background
+  (PLOP's ``data_masking="current"``);
+* replay samples keep their true labels restricted to the classes seen so far;
+* evaluation keeps the seen classes, unseen ones become background (PLOP convention);
+* frames that are not annotated get the ignore label 255 everywhere.
+
+The iterators are grain ``DatasetIterator``s whose ``get_state``/``set_state`` make a resumed run
+see exactly the batches it would have seen. Worker processes are optional
+(``worker_count``); per-process sharding (``shard_index``/``shard_count``) splits every global
+batch between JAX processes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+import grain
+import numpy as np
+
+from jax_cavs.data import audio as audio_lib
+from jax_cavs.data import transforms
+
+IGNORE = 255
+
+
+def label_lut(keep: np.ndarray) -> np.ndarray:
+    """uint8[256] lookup table: class c -> c if ``keep[c]`` else 0 (background); 255 stays 255."""
+    lut = np.zeros(256, np.uint8)
+    kept = np.flatnonzero(keep)
+    lut[kept] = kept
+    lut[IGNORE] = IGNORE
+    return lut
+
+
+class DecodeClip(grain.transforms.Map):
+    """``(record_index, is_memory, valid)`` -> one clip dict (label rules: module docstring).
+
+    ``valid`` is 0 for the padding clips that complete the last evaluation batch.
+    """
+
+    def __init__(self, source, image_size: int, train: bool, lut: np.ndarray,
+                 memory_lut: np.ndarray):
+        self._source = source
+        self._image_size = image_size
+        self._train = train
+        self._lut = lut
+        self._memory_lut = memory_lut
+
+    def map(self, item: tuple[int, bool, float]) -> dict[str, np.ndarray]:
+        index, is_memory, valid = item
+        record = self._source[int(index)]
+        frames, labels = transforms.prepare_frames_and_labels(
+            record["frames"], record["labels"], self._image_size, train=self._train)
+        num_frames = frames.shape[0]
+        label_mask = np.asarray(record["label_mask"], bool)
+        labels = (self._memory_lut if is_memory else self._lut)[labels]
+        labels[~label_mask] = IGNORE
+        waveform = audio_lib.int16_to_float(record["audio"])
+        return {
+            "frames": transforms.normalize(frames),
+            "audio": audio_lib.log_mel_examples(waveform, num_frames),
+            "labels": labels.astype(np.int32),
+            "label_mask": label_mask.astype(np.float32),
+            "frame_mask": np.asarray(record["frame_mask"], np.float32),
+            "index": np.int32(index),
+            "is_memory": np.bool_(is_memory),
+            "valid": np.float32(valid),
+        }
+
+
+def training_items(task_indices: Sequence[int], memory_indices: Sequence[int] = ()
+                   ) -> list[tuple[int, bool, float]]:
+    """The items of one training epoch: current videos and replay videos (duplicates kept)."""
+    return ([(int(i), False, 1.0) for i in task_indices]
+            + [(int(i), True, 1.0) for i in memory_indices])
+
+
+def steps_per_epoch(num_items: int, batch_size: int) -> int:
+    """Batches per epoch with ``drop_remainder`` (at least 1: tiny tasks still train)."""
+    return max(num_items // batch_size, 1)
+
+
+def train_iterator(source, items: Sequence[tuple[int, bool, float]], *, current_mask: np.ndarray,
+                   seen_mask: np.ndarray, batch_size: int, num_epochs: int, seed: int,
+                   image_size: int, worker_count: int = 0, shard_index: int = 0,
+                   shard_count: int = 1) -> grain.DatasetIterator:
+    """A checkpointable iterator over ``num_epochs`` shuffled epochs of ``items``.
+
+    ``batch_size`` is the global batch; each of ``shard_count`` processes gets
+    ``batch_size // shard_count`` clips of every global batch. Batches have static shapes:
+    an epoch smaller than a batch is repeated until one batch fills.
+    """
+    if batch_size % shard_count:
+        raise ValueError(f"config field batch_size={batch_size} must be divisible by the "
+                         f"number of processes ({shard_count}).")
+    items = list(items)
+    repeats = -(-batch_size // len(items))
+    dataset = (grain.MapDataset.source(items * repeats)
+               .shuffle(seed=seed)
+               .repeat(num_epochs))
+    dataset = dataset[shard_index::shard_count]
+    dataset = dataset.map(DecodeClip(source, image_size, True, label_lut(current_mask),
+                                     label_lut(seen_mask)))
+    dataset = dataset.batch(batch_size // shard_count, drop_remainder=True)
+    iter_dataset = dataset.to_iter_dataset()
+    if worker_count > 0:
+        iter_dataset = iter_dataset.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=worker_count))
+    return iter(iter_dataset)
+
+
+def eval_batches(source, indices: Sequence[int], *, seen_mask: np.ndarray, batch_size: int,
+                 image_size: int, worker_count: int = 0, shard_index: int = 0,
+                 shard_count: int = 1) -> Iterator[dict[str, Any]]:
+    """Evaluation batches over ``indices`` in order, padded to a static batch shape.
+
+    The last batch is completed with copies of the last clip whose ``valid`` flag is 0, so
+    metrics weight them out while every batch keeps the same shape (no re-compilation).
+    """
+    indices = [int(i) for i in indices]
+    pad = (-len(indices)) % batch_size
+    items = [(i, False, 1.0) for i in indices] + [(indices[-1], False, 0.0)] * pad
+    lut = label_lut(seen_mask)
+    dataset = (grain.MapDataset.source(items)[shard_index::shard_count]
+               .map(DecodeClip(source, image_size, False, lut, lut))
+               .batch(batch_size // shard_count))
+    iter_dataset = dataset.to_iter_dataset()
+    if worker_count > 0:
+        iter_dataset = iter_dataset.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=worker_count))
+    return iter(iter_dataset)

@@ -1,0 +1,252 @@
+"""The continual experiment: the same loop for every method.
+
+For each task of the scenario: ``begin_task`` (masks, teacher snapshot, fresh optimiser at
+the task's learning rate), ``prepare_task`` (strategy passes over the task data), a grain
+stream of the task's videos mixed with the strategy's replay videos, jit'd train steps,
+``end_task`` (importance, memory selection), evaluation on the common test set over every
+class seen so far, one row of the accuracy matrix, ``metrics.json`` and an atomic orbax
+checkpoint. Re-running on the same workdir resumes after the last completed task.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from jax_cavs import checkpoint as ckpt_lib
+from jax_cavs import strategies
+from jax_cavs import train as train_lib
+from jax_cavs.data import scenarios, sources, streams
+from jax_cavs.metrics import continual as cl_metrics
+from jax_cavs.metrics import segmentation as seg_metrics
+from jax_cavs.models.avs import build_model
+from jax_cavs.state import ContinualState, create_state
+from jax_cavs.strategies.base import Outputs, TaskContext, TaskInfo
+
+
+def build_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Adam/AdamW (+ global-norm clipping) with the learning rate as a state hyper-parameter,
+    so each task can start a fresh optimiser at its own rate without re-compiling."""
+    if cfg.name not in ("adam", "adamw", "sgd"):
+        raise ValueError(f"config field optimizer.name={cfg.name!r}; valid: adam, adamw, sgd.")
+
+    def make(learning_rate):
+        core = {"adam": lambda: optax.adam(learning_rate),
+                "adamw": lambda: optax.adamw(learning_rate, weight_decay=cfg.weight_decay),
+                "sgd": lambda: optax.sgd(learning_rate, momentum=0.9, nesterov=True)}[cfg.name]()
+        parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip > 0 else []
+        if cfg.name == "sgd" and cfg.weight_decay > 0:
+            parts.append(optax.add_decayed_weights(cfg.weight_decay))
+        return optax.chain(*parts, core)
+
+    return optax.inject_hyperparams(make)(learning_rate=cfg.lr)
+
+
+def fresh_optimizer(state: ContinualState, learning_rate: float) -> ContinualState:
+    """A new optimiser state (each task starts fresh, as in PLOP/MiB) at ``learning_rate``."""
+    opt_state = state.tx.init(state.params)
+    hyper = dict(opt_state.hyperparams, learning_rate=jnp.asarray(learning_rate, jnp.float32))
+    return state.replace(opt_state=opt_state._replace(hyperparams=hyper))
+
+
+def group_scores(confusion: np.ndarray, scenario: scenarios.Scenario,
+                 seen: np.ndarray) -> dict[str, Any]:
+    """mIoU of the report groups (old/new/all after a task) and per-class IoU from a confusion
+    matrix accumulated over the whole test set (MiB/PLOP convention)."""
+    _, per_class = seg_metrics.miou(confusion)
+    per_class = np.asarray(per_class, np.float64)
+    return {"per_class_iou": [None if np.isnan(v) else float(v) for v in per_class],
+            "groups": [_mean_present(per_class, scenario.group_mask(j))
+                       for j in range(len(scenario.report_groups))],
+            "seen": _mean_present(per_class, seen)}
+
+
+def _mean_present(per_class: np.ndarray, mask: np.ndarray) -> float | None:
+    values = per_class[mask & ~np.isnan(per_class)]
+    return float(values.mean()) if values.size else None
+
+
+@dataclasses.dataclass
+class Experiment:
+    """Everything built once per run; ``run()`` executes (or resumes) the task loop."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    dataset: Any
+    scenario: scenarios.Scenario
+    model: Any
+    strategy: strategies.Strategy
+    state: ContinualState
+    checkpointer: ckpt_lib.Checkpointer
+
+    @classmethod
+    def create(cls, config: ml_collections.ConfigDict, workdir: str) -> "Experiment":
+        os.makedirs(workdir, exist_ok=True)
+        hparams = {k: v for k, v in config.strategy.items() if k != "name"}
+        strategy = strategies.get_strategy(config.strategy.name, hparams)
+        dataset = sources.load_dataset(config.dataset.name, config.dataset.config,
+                                       config.dataset.data_dir)
+        sc = config.scenario
+        scenario = scenarios.build_scenario(
+            dataset.class_index["train"].classes, dataset.class_index["test"].classes,
+            dataset.num_classes, sc.split, mode=sc.mode, subset=sc.subset,
+            disjoint_rule=sc.disjoint_rule, class_order=tuple(sc.class_order) or None,
+            joint=strategy.single_task, seed=sc.louvain_seed)
+        model = build_model(config.model, dataset.num_classes)
+        state = init_state(config, model, strategy, dataset)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json(indent=2))
+        return cls(config, workdir, dataset, scenario, model, strategy, state,
+                   ckpt_lib.Checkpointer(workdir))
+
+    # -- jit'd functions, built once ------------------------------------------------------
+    @property
+    def image_size(self) -> int:
+        return self.config.dataset.image_size
+
+    def __post_init__(self):
+        self.train_step = jax.jit(train_lib.make_train_step(self.model, self.strategy),
+                                  donate_argnums=(0,))
+        self.eval_step = jax.jit(train_lib.make_eval_step(self.model, self.dataset.num_classes))
+        model = self.model
+        self.forward = jax.jit(lambda p, bs, batch: train_lib.forward(
+            model, p, bs, batch, train=False)[0])
+
+    # -- data ---------------------------------------------------------------------------
+    def task_info(self, t: int) -> TaskInfo:
+        sc = self.scenario
+        return TaskInfo(index=t, num_tasks=sc.num_tasks, classes=sc.tasks[t].classes,
+                        current=sc.current_mask(t), old=sc.old_mask(t), seen=sc.seen_mask(t))
+
+    def batches(self, indices, mask: np.ndarray, split: str = "train"):
+        """Eval-mode batches over ``indices`` of ``split``, labels restricted to ``mask``."""
+        return streams.eval_batches(
+            self.dataset.sources[split], indices, seen_mask=mask,
+            batch_size=self.config.train.eval_batch_size, image_size=self.image_size,
+            worker_count=self.config.train.worker_count)
+
+    def task_context(self, t: int) -> TaskContext:
+        info = self.task_info(t)
+        masks = {"current": info.current, "seen": info.seen}
+        return TaskContext(
+            task=info, train_indices=self.scenario.tasks[t].train_indices,
+            batches=lambda indices, labels="current": self.batches(indices, masks[labels]),
+            forward=self.forward, workdir=self.workdir,
+            rng=np.random.default_rng([self.config.seed, t]))
+
+    # -- evaluation ---------------------------------------------------------------------
+    def evaluate(self, state: ContinualState, t: int) -> dict[str, Any]:
+        seen = self.scenario.seen_mask(t)
+        indices = self.scenario.test_indices
+        num = -(-len(indices) // self.config.train.eval_batch_size)
+        confusion = jnp.zeros((self.dataset.num_classes,) * 2, jnp.int32)
+        for batch in tqdm(self.batches(indices, seen, split="test"), total=num,
+                          desc=f"task {t} eval", leave=False):
+            confusion = confusion + self.eval_step(state.params, state.batch_stats,
+                                                   jnp.asarray(seen), batch)
+        return group_scores(np.asarray(jax.device_get(confusion)), self.scenario, seen)
+
+    # -- the loop -----------------------------------------------------------------------
+    def train_task(self, state: ContinualState, t: int) -> ContinualState:
+        cfg = self.config.train
+        ctx = self.task_context(t)
+        state = self.strategy.begin_task(state, ctx.task)
+        lr = self.config.optimizer.lr if t == 0 else self.config.optimizer.lr_incremental
+        state = fresh_optimizer(state, lr)
+        state = self.strategy.prepare_task(state, ctx)
+        items = streams.training_items(ctx.train_indices, self.strategy.replay_ids(state, ctx))
+        steps = cfg.epochs * streams.steps_per_epoch(len(items), cfg.batch_size)
+        iterator = streams.train_iterator(
+            self.dataset.sources["train"], items, current_mask=ctx.task.current,
+            seen_mask=ctx.task.seen, batch_size=cfg.batch_size, num_epochs=cfg.epochs,
+            seed=self.config.seed * 1000 + t, image_size=self.image_size,
+            worker_count=cfg.worker_count)
+        rng = jax.random.fold_in(jax.random.key(self.config.seed), t)
+        bar = tqdm(range(steps), desc=f"task {t + 1}/{self.scenario.num_tasks} train")
+        for i in bar:
+            batch = next(iterator)
+            state, metrics = self.train_step(state, batch, jax.random.fold_in(rng, i))
+            if (i + 1) % cfg.log_every == 0 or i + 1 == steps:
+                bar.set_postfix({k: f"{float(v):.4f}" for k, v in metrics.items()})
+        return self.strategy.end_task(state, ctx)
+
+    def run(self) -> dict[str, Any]:
+        state, meta = self.state, {"next_task": 0, "tasks": [], "accuracy_matrix": []}
+        if self.checkpointer.latest_step() is not None:
+            state, meta, _ = self.checkpointer.restore(state)
+            print(f"Resuming from {self.checkpointer.directory} at task {meta['next_task']}.")
+        for t in range(meta["next_task"], self.scenario.num_tasks):
+            start = time.time()
+            state = self.train_task(state, t)
+            scores = self.evaluate(state, t)
+            meta["tasks"].append(self.task_record(t, scores, time.time() - start))
+            meta["accuracy_matrix"].append(scores["groups"])
+            meta["next_task"] = t + 1
+            self.checkpointer.save(int(state.step), state, meta)
+            self.write_metrics(meta)
+        self.state = state
+        metrics = self.write_metrics(meta)
+        print_summary(metrics)
+        return metrics
+
+    def task_record(self, t: int, scores: dict[str, Any], seconds: float) -> dict[str, Any]:
+        groups = scores["groups"]
+        last = len(self.scenario.report_groups) - 1 if self.strategy.single_task else t
+        old = [g for g in groups[:last] if g is not None]
+        return {"task": t, "classes": list(self.scenario.tasks[t].classes),
+                "miou": {"old": float(np.mean(old)) if old and last > 0 else None,
+                         "new": groups[last], "all": scores["seen"]},
+                "per_class_iou": scores["per_class_iou"], "seconds": round(seconds, 1)}
+
+    def write_metrics(self, meta: dict[str, Any]) -> dict[str, Any]:
+        matrix = [[0.0 if v is None else v for v in row] for row in meta["accuracy_matrix"]]
+        metrics = {"method": self.strategy.name, "scenario": {
+            "split": self.scenario.name, "mode": self.scenario.mode,
+            "subset": self.scenario.subset, "class_order": list(self.scenario.class_order),
+            "groups": [list(g) for g in self.scenario.report_groups]},
+            "tasks": meta["tasks"], "accuracy_matrix": matrix}
+        if matrix and len(matrix) == len(matrix[0]):
+            metrics["summary"] = cl_metrics.summarize(np.asarray(matrix))
+        path = os.path.join(self.workdir, "metrics.json")
+        with open(path + ".tmp", "w") as f:
+            json.dump(metrics, f, indent=2)
+        os.replace(path + ".tmp", path)
+        return metrics
+
+
+def init_state(config, model, strategy, dataset) -> ContinualState:
+    """Initial variables from a dummy clip, wrapped in a fresh ``ContinualState``."""
+    size, frames = config.dataset.image_size, dataset.num_frames
+    dummy = (jnp.zeros((1, frames, size, size, 3)), jnp.zeros((1, frames, 96, 64)),
+             jnp.ones((1, frames)))
+    variables = jax.jit(lambda rng: model.init(rng, *dummy, train=False))(
+        jax.random.key(config.seed))
+    return create_state(variables, build_optimizer(config.optimizer), dataset.num_classes,
+                        strategy.memory_capacity(dataset.num_classes),
+                        strategy.uses_importance, strategy.init_extras(dataset.num_classes))
+
+
+def _fmt(value) -> str:
+    return "  -  " if value is None else f"{100 * value:5.1f}"
+
+
+def print_summary(metrics: dict[str, Any]) -> None:
+    """The end-of-run table: old / new / all mIoU (%) after every task, then CL metrics."""
+    print(f"\n{metrics['method']} on {metrics['scenario']['split']} "
+          f"{metrics['scenario']['mode']} ({metrics['scenario']['subset']})")
+    print(f"{'task':>4} | {'old':>5} | {'new':>5} | {'all':>5}")
+    for row in metrics["tasks"]:
+        m = row["miou"]
+        print(f"{row['task']:>4} | {_fmt(m['old'])} | {_fmt(m['new'])} | {_fmt(m['all'])}")
+    for key, value in metrics.get("summary", {}).items():
+        print(f"{key}: {100 * value:.1f}")
