@@ -93,6 +93,10 @@ def base_config(strategy: str, args: ml_collections.ConfigDict) -> ml_collection
         log_every=25,
         checkpoint_every=0,        # steps between mid-task checkpoints (0: task ends only)
     ))
+    config.parallel = ml_collections.ConfigDict(dict(
+        data=-1,                   # devices on the data axis (-1: all that fsdp leaves)
+        fsdp=1,                    # devices each large parameter is split over
+    ))
     if args.get("runlocal", False):
         config.dataset.config = "tiny"
         config.dataset.image_size = 32

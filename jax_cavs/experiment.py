@@ -24,7 +24,7 @@ import optax
 from tqdm import tqdm
 
 from jax_cavs import checkpoint as ckpt_lib
-from jax_cavs import strategies
+from jax_cavs import parallel, strategies
 from jax_cavs import train as train_lib
 from jax_cavs.data import scenarios, sources, streams
 from jax_cavs.metrics import continual as cl_metrics
@@ -102,7 +102,7 @@ class Experiment:
             dataset.num_classes, sc.split, mode=sc.mode, subset=sc.subset,
             disjoint_rule=sc.disjoint_rule, class_order=tuple(sc.class_order) or None,
             joint=strategy.single_task, seed=sc.louvain_seed)
-        model = build_model(config.model, dataset.num_classes)
+        model = build_model(model_config(config.model, dataset.num_classes))
         state = init_state(config, model, strategy, dataset)
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json(indent=2))
@@ -115,12 +115,23 @@ class Experiment:
         return self.config.dataset.image_size
 
     def __post_init__(self):
-        self.train_step = jax.jit(train_lib.make_train_step(self.model, self.strategy),
-                                  donate_argnums=(0,))
-        self.eval_step = jax.jit(train_lib.make_eval_step(self.model, self.dataset.num_classes))
+        self.mesh = parallel.make_mesh(self.config.parallel)
+        self.state = self.place(self.state)
+        self._train_step = parallel.jit_train_step(
+            train_lib.make_train_step(self.model, self.strategy), self.mesh, self.state)
+        self._eval_step = parallel.jit_eval_step(
+            train_lib.make_eval_step(self.model, self.dataset.num_classes), self.mesh)
         model = self.model
-        self.forward = jax.jit(lambda p, bs, batch: train_lib.forward(
+        forward = jax.jit(lambda p, bs, batch: train_lib.forward(
             model, p, bs, batch, train=False)[0])
+        self.forward = lambda p, bs, batch: forward(p, bs, self.device_batch(batch))
+
+    def place(self, state: ContinualState) -> ContinualState:
+        """Lays the state out on the mesh (a no-op for leaves already placed)."""
+        return parallel.shard_state(state, self.mesh)
+
+    def device_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        return parallel.shard_batch(batch, self.mesh)
 
     # -- data ---------------------------------------------------------------------------
     def task_info(self, t: int) -> TaskInfo:
@@ -133,7 +144,8 @@ class Experiment:
         return streams.eval_batches(
             self.dataset.sources[split], indices, seen_mask=mask,
             batch_size=self.config.train.eval_batch_size, image_size=self.image_size,
-            worker_count=self.config.train.worker_count)
+            worker_count=self.config.train.worker_count, shard_index=jax.process_index(),
+            shard_count=jax.process_count())
 
     def task_context(self, t: int) -> TaskContext:
         info = self.task_info(t)
@@ -149,11 +161,11 @@ class Experiment:
         seen = self.scenario.seen_mask(t)
         indices = self.scenario.test_indices
         num = -(-len(indices) // self.config.train.eval_batch_size)
-        confusion = jnp.zeros((self.dataset.num_classes,) * 2, jnp.int32)
+        confusion = 0
         for batch in tqdm(self.batches(indices, seen, split="test"), total=num,
                           desc=f"task {t} eval", leave=False):
-            confusion = confusion + self.eval_step(state.params, state.batch_stats,
-                                                   jnp.asarray(seen), batch)
+            confusion = confusion + self._eval_step(state.params, state.batch_stats,
+                                                    jnp.asarray(seen), self.device_batch(batch))
         return group_scores(np.asarray(jax.device_get(confusion)), self.scenario, seen)
 
     # -- the loop -----------------------------------------------------------------------
@@ -162,28 +174,29 @@ class Experiment:
         ctx = self.task_context(t)
         state = self.strategy.begin_task(state, ctx.task)
         lr = self.config.optimizer.lr if t == 0 else self.config.optimizer.lr_incremental
-        state = fresh_optimizer(state, lr)
-        state = self.strategy.prepare_task(state, ctx)
+        state = self.place(self.strategy.prepare_task(fresh_optimizer(state, lr), ctx))
         items = streams.training_items(ctx.train_indices, self.strategy.replay_ids(state, ctx))
         steps = cfg.epochs * streams.steps_per_epoch(len(items), cfg.batch_size)
         iterator = streams.train_iterator(
             self.dataset.sources["train"], items, current_mask=ctx.task.current,
             seen_mask=ctx.task.seen, batch_size=cfg.batch_size, num_epochs=cfg.epochs,
             seed=self.config.seed * 1000 + t, image_size=self.image_size,
-            worker_count=cfg.worker_count)
+            worker_count=cfg.worker_count, shard_index=jax.process_index(),
+            shard_count=jax.process_count())
         rng = jax.random.fold_in(jax.random.key(self.config.seed), t)
         bar = tqdm(range(steps), desc=f"task {t + 1}/{self.scenario.num_tasks} train")
         for i in bar:
-            batch = next(iterator)
-            state, metrics = self.train_step(state, batch, jax.random.fold_in(rng, i))
+            batch = self.device_batch(next(iterator))
+            state, metrics = self._train_step(state, batch, jax.random.fold_in(rng, i))
             if (i + 1) % cfg.log_every == 0 or i + 1 == steps:
                 bar.set_postfix({k: f"{float(v):.4f}" for k, v in metrics.items()})
-        return self.strategy.end_task(state, ctx)
+        return self.place(self.strategy.end_task(state, ctx))
 
     def run(self) -> dict[str, Any]:
         state, meta = self.state, {"next_task": 0, "tasks": [], "accuracy_matrix": []}
         if self.checkpointer.latest_step() is not None:
             state, meta, _ = self.checkpointer.restore(state)
+            state = self.place(state)
             print(f"Resuming from {self.checkpointer.directory} at task {meta['next_task']}.")
         for t in range(meta["next_task"], self.scenario.num_tasks):
             start = time.time()
@@ -222,6 +235,11 @@ class Experiment:
             json.dump(metrics, f, indent=2)
         os.replace(path + ".tmp", path)
         return metrics
+
+
+def model_config(cfg: ml_collections.ConfigDict, num_classes: int) -> ml_collections.ConfigDict:
+    """The model fields of the config plus the dataset's class count (background included)."""
+    return ml_collections.ConfigDict({**cfg.to_dict(), "num_classes": num_classes})
 
 
 def init_state(config, model, strategy, dataset) -> ContinualState:

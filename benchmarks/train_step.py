@@ -1,0 +1,125 @@
+"""Train-step and evaluation throughput of the AVS model (prints figures and ratios).
+
+  python benchmarks/train_step.py                 # default CPU model and paper-size model
+  python benchmarks/train_step.py --only default  # just the small model
+  python benchmarks/train_step.py --devices 8     # data-parallel over 8 (simulated) devices
+
+The paper-size model is the official AVSBench semantic model: ResNet-50 + 4 TPAVI stages at
+224x224, batch 2 clips x 5 frames (10 frames per step, as in the PyTorch reference), Adam.
+The reference PyTorch implementation takes about 21 s per train step and 0.75 s per inference
+frame on our 2-core CPU; the ratios below compare against those figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+TORCH_STEP_S = 21.0           # official PyTorch AVSBench, 10 frames 224x224, 2-core CPU
+TORCH_EVAL_S_PER_FRAME = 0.75
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=("default", "paper"), default=None)
+    parser.add_argument("--devices", type=int, default=1,
+                        help="simulated CPU devices (sets XLA_FLAGS before jax loads)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps after warm-up")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    if args.devices > 1:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_force_host_platform_device_count={args.devices}")
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jax_cavs import config_base, parallel, strategies
+    from jax_cavs import train as train_lib
+    from jax_cavs.experiment import build_optimizer, model_config
+    from jax_cavs.models.avs import build_model
+    from jax_cavs.state import create_state
+
+    def make_batch(clips, frames, size, num_classes, rng):
+        return {
+            "frames": rng.standard_normal((clips, frames, size, size, 3)).astype(np.float32),
+            "audio": rng.standard_normal((clips, frames, 96, 64)).astype(np.float32),
+            "labels": rng.integers(0, num_classes, (clips, frames, size, size)).astype(np.int32),
+            "label_mask": np.ones((clips, frames), np.float32),
+            "frame_mask": np.ones((clips, frames), np.float32),
+            "index": np.arange(clips, dtype=np.int32),
+            "is_memory": np.zeros((clips,), bool),
+            "valid": np.ones((clips,), np.float32),
+        }
+
+    def timed(fn, steps):
+        out = fn()                       # compile + warm-up
+        jax.block_until_ready(out)
+        start = time.perf_counter()
+        for _ in range(steps):
+            out = fn()
+        jax.block_until_ready(out)
+        return (time.perf_counter() - start) / steps
+
+    def bench(name, model_cfg, num_classes, size, frames, clips):
+        config = config_base.base_config("finetune", config_base.parse_arg(None))
+        model = build_model(model_config(model_cfg, num_classes))
+        strategy = strategies.get_strategy("finetune")
+        mesh = parallel.make_mesh(config.parallel)
+        batch = make_batch(clips, frames, size, num_classes, np.random.default_rng(0))
+        dummy = (jnp.zeros((1, frames, size, size, 3)), jnp.zeros((1, frames, 96, 64)),
+                 jnp.ones((1, frames)))
+        variables = jax.jit(lambda r: model.init(r, *dummy, train=False))(jax.random.key(0))
+        state = create_state(variables, build_optimizer(config.optimizer), num_classes, 0,
+                             False, {})
+        state = state.replace(seen=jnp.ones((num_classes,), bool))
+        state = parallel.shard_state(state, mesh)
+        step = parallel.jit_train_step(train_lib.make_train_step(model, strategy), mesh, state)
+        evaluate = parallel.jit_eval_step(train_lib.make_eval_step(model, num_classes), mesh)
+        device_batch = parallel.shard_batch(batch, mesh)
+        rng = jax.random.key(0)
+        holder = {"state": state}
+
+        def train_once():
+            holder["state"], metrics = step(holder["state"], device_batch, rng)
+            return metrics["loss"]
+
+        step_s = timed(train_once, args.steps)
+        seen = jnp.ones((num_classes,), bool)
+        eval_s = timed(lambda: evaluate(holder["state"].params, holder["state"].batch_stats,
+                                        seen, device_batch), args.steps)
+        n_frames = clips * frames
+        params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
+        print(f"{name}: {params / 1e6:.2f}M params, {clips} clips x {frames} frames "
+              f"@{size}x{size}, {jax.device_count()} device(s)")
+        print(f"  train step      {step_s:8.3f} s   {n_frames / step_s:8.1f} frames/s")
+        print(f"  evaluation      {eval_s / n_frames:8.4f} s/frame {n_frames / eval_s:8.1f} "
+              f"frames/s")
+        return step_s, eval_s / n_frames
+
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, "
+          f"{os.cpu_count()} host cores")
+    if args.only in (None, "default"):
+        config = config_base.base_config("finetune", config_base.parse_arg(None))
+        bench("default (SynthAVS small)", config.model, 17, config.dataset.image_size, 5,
+              config.train.batch_size)
+    if args.only in (None, "paper"):
+        config = config_base.base_config("finetune", config_base.parse_arg(None))
+        paper = config.model.copy_and_resolve_references()
+        paper.update(backbone_depth=50, backbone_width=1.0, neck_channels=256,
+                     neck_dilations=(3, 6, 12, 18), tpavi_inter_channels=128, audio_width=1.0,
+                     freeze_audio=True)
+        step_s, eval_s = bench("paper size (ResNet-50 + TPAVI, AVSBench)", paper, 71, 224, 5, 2)
+        print(f"  vs PyTorch reference: train step {TORCH_STEP_S / step_s:.1f}x faster "
+              f"({TORCH_STEP_S:.0f} s), inference {TORCH_EVAL_S_PER_FRAME / eval_s:.1f}x faster "
+              f"({TORCH_EVAL_S_PER_FRAME} s/frame)")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
