@@ -1,0 +1,195 @@
+"""Segmentation and continual metrics vs hand-computed values on 4x4 frames.
+
+Frame A (K = 3, two ignored pixels) has the confusion matrix [[6,1,1],[1,3,0],[1,0,1]]
+(rows = ground truth); frame B is all-background ground truth with one false positive of
+class 1; frame C is fully ignored; frame D is a perfect all-background frame.
+
+Tolerances: IoU/F values are one or two float32 divisions of small integers (<= 2 ulp) and
+PLOP's 1e-6 epsilon changes IoUs by < 1e-7 relative; rtol=1e-6 holds.
+"""
+
+import functools
+
+import chex
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import absltest
+
+from jax_cavs.metrics import continual, segmentation
+
+RTOL = 1e-6
+LABEL_A = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 255, 255], [0, 0, 0, 0]], np.int32)
+PRED_A = np.array([[0, 1, 1, 1], [0, 0, 1, 0], [2, 0, 2, 1], [0, 0, 0, 2]], np.int32)
+LABEL_B = np.zeros((4, 4), np.int32)
+PRED_B = np.zeros((4, 4), np.int32)
+PRED_B[0, 0] = 1
+LABEL_C = np.full((4, 4), 255, np.int32)
+PRED_C = np.ones((4, 4), np.int32)
+CONFUSION_A = np.array([[6, 1, 1], [1, 3, 0], [1, 0, 1]])
+CONFUSION_B = np.array([[15, 1, 0], [0, 0, 0], [0, 0, 0]])
+
+
+def _frames(*names):
+    frames = {"A": (PRED_A, LABEL_A), "B": (PRED_B, LABEL_B), "C": (PRED_C, LABEL_C),
+              "D": (LABEL_B, LABEL_B)}
+    pred, label = zip(*(frames[n] for n in names))
+    return np.stack(pred), np.stack(label)
+
+
+class ConfusionTest(chex.TestCase):
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_confusion_matrix_by_hand_with_ignore_and_weights(self):
+        pred, label = _frames("A", "B", "C")
+        fn = self.variant(functools.partial(segmentation.confusion_matrix, num_classes=3))
+        np.testing.assert_array_equal(fn(pred, label), CONFUSION_A + CONFUSION_B)
+        weights = np.array([1.0, 0.0, 1.0])[:, None, None]
+        np.testing.assert_array_equal(fn(pred, label, weights=weights), CONFUSION_A)
+
+    def test_miou_by_hand(self):
+        mean, per_class = segmentation.miou(CONFUSION_A + CONFUSION_B)
+        expected = np.array([21 / 26, 3 / 6, 1 / 3], np.float32)
+        chex.assert_trees_all_close(per_class, expected, rtol=RTOL)
+        chex.assert_trees_all_close(mean, np.float32(expected.mean()), rtol=RTOL)
+
+    def test_classes_absent_from_ground_truth_are_nan_and_skipped(self):
+        mean, per_class = segmentation.miou(CONFUSION_B)  # class 1 predicted, never in GT
+        self.assertTrue(np.isnan(per_class[1]) and np.isnan(per_class[2]))
+        chex.assert_trees_all_close(mean, np.float32(15 / 16), rtol=RTOL)
+
+    def test_int64_confusion_does_not_overflow(self):
+        confusion = np.array([[3_000_000_000, 1_000_000_000], [0, 5]], np.int64)
+        _, per_class = segmentation.miou(confusion)
+        chex.assert_trees_all_close(per_class, np.array([0.75, 5 / 1_000_000_005], np.float32),
+                                    rtol=RTOL)
+
+    def test_group_miou_and_report_groups(self):
+        groups = segmentation.report_groups([[1], [2]], 3)
+        np.testing.assert_array_equal(groups["old"], [True, True, False])
+        np.testing.assert_array_equal(groups["new"], [False, False, True])
+        np.testing.assert_array_equal(groups["all"], [True, True, True])
+        confusion = CONFUSION_A + CONFUSION_B
+        mean, per_class = segmentation.miou(confusion)
+        old = segmentation.group_miou(per_class, confusion, groups["old"])
+        new = segmentation.group_miou(per_class, confusion, groups["new"])
+        all_ = segmentation.group_miou(per_class, confusion, groups["all"])
+        chex.assert_trees_all_close(old, np.float32((21 / 26 + 0.5) / 2), rtol=RTOL)
+        chex.assert_trees_all_close(new, np.float32(1 / 3), rtol=RTOL)
+        chex.assert_trees_all_close(all_, mean, rtol=RTOL)
+        _, per_class_b = segmentation.miou(CONFUSION_B)
+        self.assertTrue(np.isnan(segmentation.group_miou(per_class_b, CONFUSION_B,
+                                                         groups["new"])))
+
+    def test_report_groups_of_a_three_task_scenario(self):
+        groups = segmentation.report_groups([[1, 2], [3], [4]], 6)
+        np.testing.assert_array_equal(np.flatnonzero(groups["old"]), [0, 1, 2])
+        np.testing.assert_array_equal(np.flatnonzero(groups["new"]), [3, 4])
+        last = segmentation.report_groups([[1, 2], [3], [4]], 6, split="last")
+        np.testing.assert_array_equal(np.flatnonzero(last["old"]), [0, 1, 2, 3])
+        np.testing.assert_array_equal(np.flatnonzero(last["new"]), [4])
+        first_only = segmentation.report_groups([[1, 2]], 6, split="last")
+        np.testing.assert_array_equal(np.flatnonzero(first_only["old"]), [0, 1, 2])
+        self.assertFalse(first_only["new"].any())
+
+
+class PerFrameTest(chex.TestCase):
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_class_areas_by_hand(self):
+        pred, label = _frames("A", "B")
+        inter, pred_area, label_area = self.variant(
+            functools.partial(segmentation.class_areas, num_classes=3))(pred, label)
+        np.testing.assert_array_equal(inter, [[6, 3, 1], [15, 0, 0]])
+        np.testing.assert_array_equal(pred_area, [[8, 4, 2], [15, 1, 0]])  # ignored excluded
+        np.testing.assert_array_equal(label_area, [[8, 4, 2], [16, 0, 0]])
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_per_frame_miou_conventions(self):
+        pred, label = _frames("A", "B", "C", "D")
+        union = self.variant(functools.partial(segmentation.per_frame_miou, num_classes=3))(
+            pred, label)
+        avsbench = self.variant(functools.partial(
+            segmentation.per_frame_miou, num_classes=3, convention="avsbench"))(pred, label)
+        a = (0.6 + 0.6 + 1 / 3) / 3
+        # B: bg IoU 15/16 and class 1 with union 1, no intersection.
+        chex.assert_trees_all_close(union, np.array([a, (15 / 16) / 2, np.nan, 1.0],
+                                                    np.float32), rtol=RTOL)
+        chex.assert_trees_all_close(avsbench, np.array([a, 15 / 16, np.nan, 1.0], np.float32),
+                                    rtol=RTOL)
+
+    def test_unknown_convention_is_rejected(self):
+        with self.assertRaisesRegex(ValueError, "convention"):
+            segmentation.per_frame_miou(PRED_A, LABEL_A, 3, convention="mean")
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_avsbench_fscore_by_hand(self):
+        pred, label = _frames("A", "B")
+        areas = segmentation.class_areas(pred, label, 3)
+        iou, fscore, present = self.variant(segmentation.avsbench_frame_scores)(*areas)
+        # B, bg: P = 15/15, R = 15/16 -> 1.3 P R / (0.3 P + R).
+        f_b = 1.3 * (15 / 16) / (0.3 + 15 / 16)
+        chex.assert_trees_all_close(fscore, np.array([[0.75, 0.75, 0.5], [f_b, 0, 0]],
+                                                     np.float32), rtol=RTOL)
+        chex.assert_trees_all_close(iou, np.array([[0.6, 0.6, 1 / 3], [15 / 16, 0, 0]],
+                                                  np.float32), rtol=RTOL)
+        np.testing.assert_array_equal(present, [[True] * 3, [True, True, False]])
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_avsbench_dataset_scores_by_hand(self):
+        pred, label = _frames("A", "B", "C")
+        sums = self.variant(functools.partial(segmentation.avsbench_batch_sums,
+                                              num_classes=4))(pred, label)
+        scores = segmentation.avsbench_dataset_scores(*sums)
+        f_b = 1.3 * (15 / 16) / (0.3 + 15 / 16)
+        # Class counts: bg 2 frames, class 1 2 frames (B's false positive), class 2 1 frame,
+        # class 3 never (counts 0 in the mean over all 4 classes).
+        per_class_iou = np.array([(0.6 + 15 / 16) / 2, 0.6 / 2, 1 / 3, 0.0], np.float32)
+        per_class_f = np.array([(0.75 + f_b) / 2, 0.75 / 2, 0.5, 0.0], np.float32)
+        chex.assert_trees_all_close(scores["per_class_iou"], per_class_iou, rtol=RTOL)
+        chex.assert_trees_all_close(scores["per_class_fscore"], per_class_f, rtol=RTOL)
+        chex.assert_trees_all_close(scores["miou"], np.float32(per_class_iou.mean()),
+                                    rtol=RTOL)
+        chex.assert_trees_all_close(scores["fscore"], np.float32(per_class_f.mean()),
+                                    rtol=RTOL)
+        only_a = segmentation.avsbench_batch_sums(pred, label, 4,
+                                                  frame_weights=jnp.array([1.0, 0.0, 0.0]))
+        np.testing.assert_array_equal(only_a[2], [1, 1, 1, 0])
+
+
+class ContinualTest(absltest.TestCase):
+
+    def test_three_tasks_by_hand(self):
+        r = [[0.9, 0.1, np.nan],   # R[0, 2] is never read
+             [0.95, 0.8, 0.2],
+             [0.5, 0.85, 0.6]]
+        got = continual.summarize(r)
+        self.assertEqual(got["num_tasks"], 3)
+        self.assertAlmostEqual(got["average_accuracy"], (0.5 + 0.85 + 0.6) / 3)
+        self.assertAlmostEqual(got["learning_accuracy"], (0.9 + 0.8 + 0.6) / 3)
+        # j=0: max(0.9, 0.95) - 0.5 = 0.45; j=1: 0.8 - 0.85 = -0.05.
+        self.assertAlmostEqual(got["forgetting"], (0.45 - 0.05) / 2)
+        # j=0: 0.5 - 0.9; j=1: 0.85 - 0.8.
+        self.assertAlmostEqual(got["bwt"], (-0.4 + 0.05) / 2)
+        self.assertAlmostEqual(got["fwt"], (0.1 + 0.2) / 2)
+
+    def test_two_tasks_by_hand(self):
+        got = continual.summarize([[0.8, 0.3], [0.6, 0.9]])
+        self.assertAlmostEqual(got["forgetting"], 0.2)
+        self.assertAlmostEqual(got["bwt"], -0.2)
+        self.assertAlmostEqual(got["fwt"], 0.3)
+        self.assertAlmostEqual(got["average_accuracy"], 0.75)
+
+    def test_single_task_leaves_transfer_metrics_undefined(self):
+        got = continual.summarize([[0.7]])
+        self.assertAlmostEqual(got["average_accuracy"], 0.7)
+        self.assertAlmostEqual(got["learning_accuracy"], 0.7)
+        for key in ("forgetting", "bwt", "fwt"):
+            self.assertTrue(np.isnan(got[key]), key)
+
+    def test_non_square_matrix_is_rejected(self):
+        with self.assertRaisesRegex(ValueError, "square"):
+            continual.summarize([[0.1, 0.2]])
+
+
+if __name__ == "__main__":
+    absltest.main()
