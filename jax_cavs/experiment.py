@@ -61,19 +61,23 @@ def fresh_optimizer(state: ContinualState, learning_rate: float) -> ContinualSta
 
 def group_scores(confusion: np.ndarray, scenario: scenarios.Scenario,
                  seen: np.ndarray) -> dict[str, Any]:
-    """mIoU of the report groups (old/new/all after a task) and per-class IoU from a confusion
-    matrix accumulated over the whole test set (MiB/PLOP convention)."""
+    """Scores after a task from the confusion matrix accumulated over the whole test set.
+
+    Per-class IoU and means over the classes present in the ground truth (MiB/PLOP). ``old``
+    is background plus the first task's classes and ``new`` every class learned after it, the
+    columns of the CMR tables ("1-60 | 61-70 | all", spec_cavs §1.3); ``groups`` scores each
+    task's classes separately, one row of the accuracy matrix.
+    """
     _, per_class = seg_metrics.miou(confusion)
-    per_class = np.asarray(per_class, np.float64)
-    return {"per_class_iou": [None if np.isnan(v) else float(v) for v in per_class],
-            "groups": [_mean_present(per_class, scenario.group_mask(j))
-                       for j in range(len(scenario.report_groups))],
-            "seen": _mean_present(per_class, seen)}
 
+    def score(mask: np.ndarray) -> float | None:
+        value = float(seg_metrics.group_miou(per_class, confusion, mask))
+        return None if np.isnan(value) else value
 
-def _mean_present(per_class: np.ndarray, mask: np.ndarray) -> float | None:
-    values = per_class[mask & ~np.isnan(per_class)]
-    return float(values.mean()) if values.size else None
+    first = scenario.group_mask(0)
+    return {"per_class_iou": [None if np.isnan(v) else float(v) for v in np.asarray(per_class)],
+            "groups": [score(scenario.group_mask(j)) for j in range(len(scenario.report_groups))],
+            "miou": {"old": score(first), "new": score(seen & ~first), "all": score(seen)}}
 
 
 @dataclasses.dataclass
@@ -213,13 +217,9 @@ class Experiment:
         return metrics
 
     def task_record(self, t: int, scores: dict[str, Any], seconds: float) -> dict[str, Any]:
-        groups = scores["groups"]
-        last = len(self.scenario.report_groups) - 1 if self.strategy.single_task else t
-        old = [g for g in groups[:last] if g is not None]
         return {"task": t, "classes": list(self.scenario.tasks[t].classes),
-                "miou": {"old": float(np.mean(old)) if old and last > 0 else None,
-                         "new": groups[last], "all": scores["seen"]},
-                "per_class_iou": scores["per_class_iou"], "seconds": round(seconds, 1)}
+                "miou": scores["miou"], "per_class_iou": scores["per_class_iou"],
+                "seconds": round(seconds, 1)}
 
     def write_metrics(self, meta: dict[str, Any]) -> dict[str, Any]:
         matrix = [[0.0 if v is None else v for v in row] for row in meta["accuracy_matrix"]]
