@@ -102,7 +102,7 @@ class Experiment:
                                        config.dataset.data_dir)
         sc = config.scenario
         scenario = scenarios.build_scenario(
-            dataset.class_index["train"].classes, dataset.class_index["test"].classes,
+            dataset.index["train"].classes, dataset.index["test"].classes,
             dataset.num_classes, sc.split, mode=sc.mode, subset=sc.subset,
             disjoint_rule=sc.disjoint_rule, class_order=tuple(sc.class_order) or None,
             joint=strategy.single_task, seed=sc.louvain_seed)
@@ -121,8 +121,8 @@ class Experiment:
     def __post_init__(self):
         self.mesh = parallel.make_mesh(self.config.parallel)
         self.state = self.place(self.state)
-        self._train_step = parallel.jit_train_step(
-            train_lib.make_train_step(self.model, self.strategy), self.mesh, self.state)
+        self._steps: dict[tuple, Any] = {}
+        self._task_items: dict[int, list] = {}
         self._eval_step = parallel.jit_eval_step(
             train_lib.make_eval_step(self.model, self.dataset.num_classes), self.mesh)
         model = self.model
@@ -154,11 +154,30 @@ class Experiment:
     def task_context(self, t: int) -> TaskContext:
         info = self.task_info(t)
         masks = {"current": info.current, "seen": info.seen}
+
+        def fit(state, strategy, zero_audio=False, desc="twin"):
+            state = fresh_optimizer(strategy.begin_task(state, info), self.learning_rate(t))
+            return self.fit(self.place(state), t, self.step_fn(strategy, zero_audio), desc)
+
         return TaskContext(
             task=info, train_indices=self.scenario.tasks[t].train_indices,
             batches=lambda indices, labels="current": self.batches(indices, masks[labels]),
-            forward=self.forward, workdir=self.workdir,
-            rng=np.random.default_rng([self.config.seed, t]))
+            device_batch=self.device_batch, forward=self.forward, model=self.model, fit=fit,
+            new_state=lambda strategy, seed: self.place(init_state(
+                self.config, self.model, strategy, self.dataset, seed)),
+            workdir=self.workdir, rng=np.random.default_rng([self.config.seed, t]))
+
+    def learning_rate(self, t: int) -> float:
+        return self.config.optimizer.lr if t == 0 else self.config.optimizer.lr_incremental
+
+    def step_fn(self, strategy: strategies.Strategy, zero_audio: bool):
+        """The jit'd train step of ``strategy`` (built once per strategy and audio mode)."""
+        key = (strategy, zero_audio)
+        if key not in self._steps:
+            self._steps[key] = parallel.jit_train_step(
+                train_lib.make_train_step(self.model, strategy, zero_audio=zero_audio),
+                self.mesh, self.state)
+        return self._steps[key]
 
     # -- evaluation ---------------------------------------------------------------------
     def evaluate(self, state: ContinualState, t: int) -> dict[str, Any]:
@@ -174,27 +193,35 @@ class Experiment:
 
     # -- the loop -----------------------------------------------------------------------
     def train_task(self, state: ContinualState, t: int) -> ContinualState:
-        cfg = self.config.train
+        """begin -> prepare -> train on the task (+ replay) stream -> end, for task ``t``."""
         ctx = self.task_context(t)
         state = self.strategy.begin_task(state, ctx.task)
-        lr = self.config.optimizer.lr if t == 0 else self.config.optimizer.lr_incremental
-        state = self.place(self.strategy.prepare_task(fresh_optimizer(state, lr), ctx))
-        items = streams.training_items(ctx.train_indices, self.strategy.replay_ids(state, ctx))
+        state = fresh_optimizer(state, self.learning_rate(t))
+        state = self.place(self.strategy.prepare_task(state, ctx))
+        self._task_items[t] = streams.training_items(
+            ctx.train_indices, self.strategy.replay_ids(state, ctx))
+        state = self.fit(state, t, self.step_fn(self.strategy, False), "train")
+        return self.place(self.strategy.end_task(state, ctx))
+
+    def fit(self, state: ContinualState, t: int, step_fn, desc: str) -> ContinualState:
+        """Runs ``step_fn`` over ``config.train.epochs`` shuffled epochs of task ``t``'s items."""
+        cfg = self.config.train
+        items = self._task_items[t]
         steps = cfg.epochs * streams.steps_per_epoch(len(items), cfg.batch_size)
         iterator = streams.train_iterator(
-            self.dataset.sources["train"], items, current_mask=ctx.task.current,
-            seen_mask=ctx.task.seen, batch_size=cfg.batch_size, num_epochs=cfg.epochs,
-            seed=self.config.seed * 1000 + t, image_size=self.image_size,
+            self.dataset.sources["train"], items, current_mask=self.scenario.current_mask(t),
+            seen_mask=self.scenario.seen_mask(t), batch_size=cfg.batch_size,
+            num_epochs=cfg.epochs, seed=self.config.seed * 1000 + t, image_size=self.image_size,
             worker_count=cfg.worker_count, shard_index=jax.process_index(),
             shard_count=jax.process_count())
         rng = jax.random.fold_in(jax.random.key(self.config.seed), t)
-        bar = tqdm(range(steps), desc=f"task {t + 1}/{self.scenario.num_tasks} train")
+        bar = tqdm(range(steps), desc=f"task {t + 1}/{self.scenario.num_tasks} {desc}")
         for i in bar:
             batch = self.device_batch(next(iterator))
-            state, metrics = self._train_step(state, batch, jax.random.fold_in(rng, i))
+            state, metrics = step_fn(state, batch, jax.random.fold_in(rng, i))
             if (i + 1) % cfg.log_every == 0 or i + 1 == steps:
                 bar.set_postfix({k: f"{float(v):.4f}" for k, v in metrics.items()})
-        return self.place(self.strategy.end_task(state, ctx))
+        return state
 
     def run(self) -> dict[str, Any]:
         state, meta = self.state, {"next_task": 0, "tasks": [], "accuracy_matrix": []}
@@ -242,13 +269,13 @@ def model_config(cfg: ml_collections.ConfigDict, num_classes: int) -> ml_collect
     return ml_collections.ConfigDict({**cfg.to_dict(), "num_classes": num_classes})
 
 
-def init_state(config, model, strategy, dataset) -> ContinualState:
+def init_state(config, model, strategy, dataset, seed: int | None = None) -> ContinualState:
     """Initial variables from a dummy clip, wrapped in a fresh ``ContinualState``."""
     size, frames = config.dataset.image_size, dataset.num_frames
     dummy = (jnp.zeros((1, frames, size, size, 3)), jnp.zeros((1, frames, 96, 64)),
              jnp.ones((1, frames)))
     variables = jax.jit(lambda rng: model.init(rng, *dummy, train=False))(
-        jax.random.key(config.seed))
+        jax.random.key(config.seed if seed is None else seed))
     return create_state(variables, build_optimizer(config.optimizer), dataset.num_classes,
                         strategy.memory_capacity(dataset.num_classes),
                         strategy.uses_importance, strategy.init_extras(dataset.num_classes))
@@ -267,4 +294,5 @@ def print_summary(metrics: dict[str, Any]) -> None:
         m = row["miou"]
         print(f"{row['task']:>4} | {_fmt(m['old'])} | {_fmt(m['new'])} | {_fmt(m['all'])}")
     for key, value in metrics.get("summary", {}).items():
-        print(f"{key}: {100 * value:.1f}")
+        if key != "num_tasks":
+            print(f"{key}: {100 * value:.1f}")

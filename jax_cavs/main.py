@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -23,6 +23,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (metrics, checkpo
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)  # orbax and jax log every step at INFO
     from jax_cavs import experiment  # heavy imports after flag parsing: --help stays fast
 
     config = _CONFIG.value

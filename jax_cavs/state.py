@@ -72,5 +72,6 @@ def create_state(variables: dict, tx, num_classes: int, memory_capacity: int,
         seen=jnp.zeros((num_classes,), bool).at[0].set(True),
         old=jnp.zeros((num_classes,), bool).at[0].set(True),
         current=jnp.zeros((num_classes,), bool),
-        memory=ReplayMemory.empty(memory_capacity, num_classes),
+        # At least one slot: orbax cannot store zero-size arrays.
+        memory=ReplayMemory.empty(max(memory_capacity, 1), num_classes),
         extras=extras, tx=tx)

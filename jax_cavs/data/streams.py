@@ -59,19 +59,23 @@ class DecodeClip(grain.transforms.Map):
     def map(self, item: tuple[int, bool, float]) -> dict[str, np.ndarray]:
         index, is_memory, valid = item
         record = self._source[int(index)]
-        frames, labels = transforms.prepare_frames_and_labels(
-            record["frames"], record["labels"], self._image_size, train=self._train)
-        num_frames = frames.shape[0]
+        frames, labels = np.asarray(record["frames"]), np.asarray(record["labels"])
+        if frames.shape[1:3] != (self._image_size, self._image_size):
+            resize = transforms.train_resize_crop if self._train else transforms.eval_resize
+            frames, labels = resize(frames, labels, self._image_size)
         label_mask = np.asarray(record["label_mask"], bool)
+        frame_mask = np.asarray(record["frame_mask"], np.float32)
         labels = (self._memory_lut if is_memory else self._lut)[labels]
         labels[~label_mask] = IGNORE
         waveform = audio_lib.int16_to_float(record["audio"])
+        # Padded frames are zero *after* normalisation, as in AVSBench's loader.
+        normalized = transforms.normalize_imagenet(frames) * frame_mask[:, None, None, None]
         return {
-            "frames": transforms.normalize(frames),
-            "audio": audio_lib.log_mel_examples(waveform, num_frames),
+            "frames": normalized,
+            "audio": audio_lib.log_mel_examples(waveform, frames.shape[0]),
             "labels": labels.astype(np.int32),
             "label_mask": label_mask.astype(np.float32),
-            "frame_mask": np.asarray(record["frame_mask"], np.float32),
+            "frame_mask": frame_mask,
             "index": np.int32(index),
             "is_memory": np.bool_(is_memory),
             "valid": np.float32(valid),

@@ -1,4 +1,13 @@
-"""Continual strategies, one module per method; importing this package registers them all."""
+"""Continual strategies, one module per method.
 
-from jax_cavs.strategies import finetune, joint  # noqa: F401  (registration)
+Importing this package imports every module in it, which registers each strategy under its
+``name`` (``base.register``); ``get_strategy(name, hparams)`` then builds one from a config.
+"""
+
+import importlib
+import pkgutil
+
 from jax_cavs.strategies.base import Strategy, available, get_strategy  # noqa: F401
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

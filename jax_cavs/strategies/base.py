@@ -58,9 +58,16 @@ class TaskContext:
       task: the task being learned.
       train_indices: record indices of the task's training videos (train split).
       batches: ``batches(indices, labels="current"|"seen") -> iterator`` of padded eval-mode
-        batches (``valid`` marks real clips) over training videos, labels remapped to the
-        current task's classes or to all seen classes.
-      forward: jit'd eval-mode forward ``(params, batch_stats, batch) -> Outputs``.
+        host batches (``valid`` marks real clips) over training videos, labels remapped to
+        the current task's classes or to all seen classes.
+      device_batch: host batch -> global device arrays laid out on the mesh.
+      forward: jit'd eval-mode forward ``(params, batch_stats, host batch) -> Outputs``.
+      model: the flax module, for strategies that jit their own passes (gradients for EWC or
+        MAS): ``train.forward(ctx.model, params, batch_stats, batch, train=False)``.
+      fit: ``fit(state, strategy, zero_audio=False, desc="") -> state`` trains ``state`` with
+        ``strategy``'s loss on this task's stream (same items and epochs as the learner),
+        e.g. CMR's visual-only twin.
+      new_state: ``new_state(strategy, seed) -> ContinualState`` freshly initialised.
       workdir: run directory, for artefacts such as ``memory/task_<t>.json``.
       rng: a host-side ``np.random.Generator`` seeded from the config and the task.
     """
@@ -68,10 +75,13 @@ class TaskContext:
     task: TaskInfo
     train_indices: np.ndarray
     batches: Callable[..., Iterator[Batch]]
+    device_batch: Callable[[Batch], Batch]
     forward: Callable[..., Outputs]
+    model: Any
+    fit: Callable[..., ContinualState]
+    new_state: Callable[..., ContinualState]
     workdir: str
     rng: np.random.Generator
-    extras: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
