@@ -13,6 +13,7 @@ a half-written checkpoint that would be picked up):
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import jax
@@ -41,6 +42,8 @@ class Checkpointer:
             meta=ocp.args.JsonSave(meta),
             data=ocp.args.JsonSave(data or {})), force=True)
         self._manager.wait_until_finished()
+        print(f"[jax_cavs] saved checkpoint {step} (task {meta.get('task')}, "
+              f"{meta.get('phase')}, step {meta.get('step')})", file=sys.stderr, flush=True)
 
     def restore(self, template: ContinualState, step: int | None = None
                 ) -> tuple[ContinualState, dict[str, Any], dict[str, Any]]:
@@ -54,6 +57,15 @@ class Checkpointer:
             meta=ocp.args.JsonRestore(),
             data=ocp.args.JsonRestore()))
         return restored.state, dict(restored.meta), dict(restored.data or {})
+
+    def restore_raw(self, step: int | None = None) -> dict[str, Any]:
+        """The latest (or given) checkpoint as plain nested dicts of arrays (no template),
+        for inspection and tools."""
+        step = self.latest_step() if step is None else step
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore(),
+            data=ocp.args.JsonRestore()))
+        return {"state": restored.state, "meta": restored.meta, "data": restored.data}
 
     def close(self) -> None:
         self._manager.close()

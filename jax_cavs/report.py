@@ -6,7 +6,7 @@ with ``python -m jax_cavs.report DIR``. Inputs read from the workdir:
 * ``metrics.json`` (required, written by ``experiment.Experiment.write_metrics``): ``method``,
   ``scenario`` {split, mode, subset, class_order, groups}, ``tasks`` [{task, classes,
   miou {old, new, all}, per_class_iou [K] (None = class absent from the test ground truth),
-  seconds}], ``accuracy_matrix`` [tasks][groups], optional ``summary`` (CL metrics).
+  }], ``accuracy_matrix`` [tasks][groups], optional ``summary`` (CL metrics).
 * ``config.json`` (optional): shown verbatim.
 * ``memory/task_<t>.json`` (optional, CMR's MSS, spec_cavs §6.2)::
 
@@ -337,15 +337,18 @@ pre{background:#f6f6f6;padding:1em;overflow:auto}"""
 
 def render_html(metrics: Mapping[str, Any], images: Sequence[tuple[str, str]],
                 name: Callable[[int], str], collisions: Mapping[int, Mapping[str, Any]],
-                config_text: str | None) -> str:
-    """The self-contained page: metrics table, CL summary, the ``images`` ((file name,
-    caption) pairs, linked relatively), top collision pairs, config."""
+                config_text: str | None, timings: Mapping[str, float] | None = None) -> str:
+    """The self-contained page: metrics table (with the seconds each task took, from
+    ``timings.json``, when known), CL summary, the ``images`` ((file name, caption) pairs,
+    linked relatively), top collision pairs, config."""
+    timings = timings or {}
     sc = metrics["scenario"]
     title = f"{metrics['method']} — {sc['split']} {sc['mode']} ({sc['subset']})"
     parts = [f"<h1>{html.escape(title)}</h1>", "<h2>mIoU (%) after each task</h2>",
              _table(("task", "classes", "old", "new", "all", "seconds"),
                     [(row["task"], ", ".join(name(c) for c in row["classes"]),
-                      *(_cell(row["miou"][k]) for k in _MIOU_KEYS), row["seconds"])
+                      *(_cell(row["miou"][k]) for k in _MIOU_KEYS),
+                      timings.get(str(row["task"]), "-"))
                      for row in metrics["tasks"]])]
     if metrics.get("summary"):
         parts += ["<h2>Continual-learning summary (%)</h2>",
@@ -424,6 +427,11 @@ def write_report(workdir: str, class_names: Sequence[str] | None = None,
     if os.path.exists(config_path):
         with open(config_path) as f:
             config_text = f.read()
+    timings_path = os.path.join(workdir, "timings.json")
+    timings = None
+    if os.path.exists(timings_path):
+        with open(timings_path) as f:
+            timings = json.load(f)
 
     staging = final + ".tmp"
     shutil.rmtree(staging, ignore_errors=True)
@@ -437,7 +445,7 @@ def write_report(workdir: str, class_names: Sequence[str] | None = None,
         _save_overlays(os.path.join(staging, "overlays.npz"), overlays)
     images = [(filename, caption) for filename, caption, _ in figures]
     with open(os.path.join(staging, "index.html"), "w", encoding="utf-8") as f:
-        f.write(render_html(metrics, images, name, collisions, config_text))
+        f.write(render_html(metrics, images, name, collisions, config_text, timings))
     _replace_directory(staging, final)
     return os.path.join(final, "index.html")
 

@@ -51,8 +51,7 @@ def _metrics():
         seen = {0, *[c for g in GROUPS[:t + 1] for c in g]}
         iou = LAST_IOU if t == 2 else [float(rng.uniform(0.1, 0.9)) if c in seen else None
                                        for c in range(10)]
-        tasks.append({"task": t, "classes": GROUPS[t], "miou": miou, "per_class_iou": iou,
-                      "seconds": 12.5 + t})
+        tasks.append({"task": t, "classes": GROUPS[t], "miou": miou, "per_class_iou": iou})
     return {"method": "cmr", "scenario": {"split": "3-3", "mode": "overlapped",
                                           "subset": "all", "class_order": list(range(1, 10)),
                                           "groups": GROUPS},
@@ -103,9 +102,12 @@ def base_workdir(tmp_path):
 
 @pytest.fixture
 def cmr_workdir(base_workdir):
-    """metrics.json plus config.json and CMR memory files (task 1 without scored videos)."""
+    """metrics.json plus config.json, timings.json and CMR memory files (task 1 without
+    scored videos)."""
     rng = np.random.default_rng(1)
     _write_json(os.path.join(base_workdir, "config.json"), CONFIG)
+    _write_json(os.path.join(base_workdir, "timings.json"),
+                {str(t): 12.5 + t for t in range(len(MIOU))})
     for t, with_scored in ((0, True), (1, False)):
         _write_json(os.path.join(base_workdir, "memory", f"task_{t}.json"),
                     _selection(t, with_scored, rng))

@@ -106,8 +106,8 @@ def pod_loss(old_features: Sequence[jnp.ndarray], new_features: Sequence[jnp.nda
              old_logits: jnp.ndarray, new_logits: jnp.ndarray, old: jnp.ndarray,
              current: jnp.ndarray, seen: jnp.ndarray, feature_weight: float = 0.01,
              logits_weight: float = 0.0005, scales: Sequence[int] = (1, 2, 4),
-             use_schedule: bool = True, sample_weights: jnp.ndarray | None = None
-             ) -> jnp.ndarray:
+             use_schedule: bool = True, sample_weights: jnp.ndarray | None = None,
+             fit_scales: bool = False) -> jnp.ndarray:
     """PLOP's total Local POD loss over feature maps plus the (small) logits entry.
 
     Args:
@@ -123,6 +123,9 @@ def pod_loss(old_features: Sequence[jnp.ndarray], new_features: Sequence[jnp.nda
         teacher) stays finite.
       sample_weights: optional float [B] weights of the mean over B (see
         ``pod_layer_distance``).
+      fit_scales: per entry, drop the scales larger than the map width (their regions would
+        be empty; PLOP's maps, >= 7 px at 224, never need it, the AVS model's deepest maps at
+        32-64 px are 1-2 px). False keeps ``local_pod_embedding``'s error on such maps.
 
     Returns:
       float32 scalar ``Σ_l λ_l · schedule · ℓ_l / L`` with L = len(features) + 1.
@@ -130,11 +133,15 @@ def pod_loss(old_features: Sequence[jnp.ndarray], new_features: Sequence[jnp.nda
     if len(old_features) != len(new_features):
         raise ValueError(f"pod_loss: {len(old_features)} teacher feature maps but "
                          f"{len(new_features)} student maps; pass matching lists.")
+
+    def entry_scales(x: jnp.ndarray) -> tuple[int, ...]:
+        return tuple(s for s in scales if s <= x.shape[2]) if fit_scales else tuple(scales)
+
     teacher_logits, student_logits = fold_new_logits(old_logits, new_logits, old, current)
-    terms = [feature_weight * pod_layer_distance(a, b, scales, sample_weights)
+    terms = [feature_weight * pod_layer_distance(a, b, entry_scales(a), sample_weights)
              for a, b in zip(old_features, new_features)]
-    terms.append(logits_weight * pod_layer_distance(teacher_logits, student_logits, scales,
-                                                    sample_weights))
+    terms.append(logits_weight * pod_layer_distance(
+        teacher_logits, student_logits, entry_scales(teacher_logits), sample_weights))
     schedule = 1.0
     if use_schedule:
         schedule = jnp.sqrt(num_classes_in(seen) / jnp.maximum(num_classes_in(current), 1.0))

@@ -1,0 +1,28 @@
+"""PLOP (Douillard et al. CVPR 2021): entropy pseudo-labels with the adaptive factor + Local
+POD + balanced initialisation (spec_cavs §5.6, jax_cavs/strategies/plop.py).
+
+Hyper-parameters are the reference ``--method PLOP`` [PLOP:argparser.py]. ``pod_pre_logits``
+is the spec §5.6(b) DECISION ("decoder": D1; "neck": the deepest TPAVI-fused map).
+Optimiser: PLOP lowers the learning rate 10x for the incremental steps (0.01 -> 0.001 with
+SGD), which ``config_base`` already does (``optimizer.lr_incremental = lr / 10``); the
+optimiser is the one all methods of the comparison share.
+
+  python -m jax_cavs.main --config configs/plop.py --workdir workdirs/plop
+  python -m jax_cavs.main --config configs/plop.py:runlocal --workdir /tmp/plop
+"""
+
+from jax_cavs import config_base
+
+
+def get_config(arg=None):
+    args = config_base.parse_arg(arg, runlocal=False)
+    config = config_base.base_config("plop", args)
+    config.strategy.pod_factor = 0.01           # --pod_factor 0.01, pod = "local"
+    config.strategy.pod_logits_factor = 0.0005  # pod_options switch.after.factor (logits)
+    config.strategy.pod_scales = (1, 2, 4)      # _local_pod default spp_scales
+    config.strategy.pod_schedule = True         # use_pod_schedule
+    config.strategy.pod_pre_logits = "decoder"  # DECISION (spec §5.6(b)): D1
+    config.strategy.pseudo_threshold = 0.001    # --pseudo entropy --threshold 0.001
+    config.strategy.adaptive_factor = True      # --classif_adaptive_factor
+    config.strategy.init_balanced = True        # --init_balanced
+    return config

@@ -1,0 +1,99 @@
+"""Exact resume: a run killed with SIGKILL at several points and resumed ends bitwise equal to
+an uninterrupted run (metrics.json and final parameters), on CPU."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from jax_cavs import checkpoint as ckpt_lib
+
+pytestmark = pytest.mark.slow
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def command(workdir: str, data_dir: str) -> list[str]:
+    return [sys.executable, "-m", "jax_cavs.main", "--config", "configs/finetune.py:runlocal",
+            "--workdir", workdir, f"--config.dataset.data_dir={data_dir}",
+            "--config.train.checkpoint_every=4"]
+
+
+def run_until(cmd: list[str], env: dict, pattern: str | None, timeout: float = 600) -> str:
+    """Runs ``cmd``; SIGKILLs it as soon as its stderr matches ``pattern`` (None: let it end).
+
+    Returns the stderr text seen. Asserts a killed run was really killed before finishing.
+    """
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, bufsize=1)
+    seen = []
+    killed = threading.Event()
+
+    def reader():
+        while True:
+            chunk = proc.stderr.read(64)
+            if not chunk:
+                return
+            seen.append(chunk)
+            if pattern and not killed.is_set() and re.search(pattern, "".join(seen)):
+                proc.send_signal(signal.SIGKILL)
+                killed.set()
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    if proc.poll() is None:
+        proc.kill()
+        raise AssertionError(f"timed out: {' '.join(cmd)}")
+    thread.join(timeout=10)
+    text = "".join(seen)
+    if pattern:
+        assert killed.is_set() and proc.returncode == -signal.SIGKILL, text[-2000:]
+    else:
+        assert proc.returncode == 0, text[-3000:]
+    return text
+
+
+def final_params(workdir: str):
+    checkpointer = ckpt_lib.Checkpointer(workdir)
+    params = checkpointer.restore_raw()["state"]["params"]
+    checkpointer.close()
+    return params
+
+
+def test_killed_and_resumed_run_is_bitwise_identical(tmp_path, tiny_data_dir):
+    env = dict(os.environ, JAX_CAVS_XLA_CACHE=str(tmp_path / "xla"))
+    reference = str(tmp_path / "reference")
+    run_until(command(reference, tiny_data_dir), env, None)
+
+    resumed = str(tmp_path / "resumed")
+    cmd = command(resumed, tiny_data_dir)
+    # Right after a mid-task checkpoint (task 0, step 4).
+    run_until(cmd, env, r"saved checkpoint 1 \(task 0, train, step 4\)")
+    # Inside a task: past the next checkpoint, in the middle of training task 0.
+    text = run_until(cmd, env, r"task 1/2 train:\s+\d+%\|[^|]*\|\s*(9|1[0-9])/")
+    assert "Resuming" in text and "step 4" in text
+    # During the evaluation of task 0.
+    run_until(cmd, env, r"task 0 eval")
+    # Inside task 1's training.
+    run_until(cmd, env, r"task 2/2 train:\s+\d+%\|[^|]*\|\s*[2-9]/")
+    text = run_until(cmd, env, None)
+    assert "Resuming" in text
+
+    with open(os.path.join(reference, "metrics.json"), "rb") as f:
+        expected = f.read()
+    with open(os.path.join(resumed, "metrics.json"), "rb") as f:
+        assert f.read() == expected
+    got, want = final_params(resumed), final_params(reference)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, got, want)
