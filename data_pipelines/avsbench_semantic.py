@@ -153,15 +153,26 @@ def read_image(path: str, mode: str = 'RGB') -> np.ndarray:
         raise ValueError(f'{path}: cannot decode the image ({err}).') from err
 
 
-def read_audio(path: str, num_samples: int) -> np.ndarray:
+# One VGGish example (96 frames of 10 ms hop + a 25 ms window) per video frame.
+MIN_SAMPLES_PER_FRAME = 96 * 160
+
+
+def read_audio(path: str, num_samples: int, real_frames: int) -> np.ndarray:
     """Reads a wav as 16 kHz mono int16, zero-padded or cut to ``num_samples`` [num_samples].
 
     int16 PCM / 32768, channel mean, resampling (``jax_cavs.data.audio.load_waveform``), then
-    back to int16 (exact for a 16 kHz mono int16 file).
+    back to int16 (exact for a 16 kHz mono int16 file). A file too short to give every one of
+    the ``real_frames`` frames its 0.96 s VGGish example (a truncated copy) is an error.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f'{path}: audio file is missing.')
-    waveform = audio_lib.load_waveform(path)[:num_samples]
+    waveform = audio_lib.load_waveform(path)
+    needed = real_frames * MIN_SAMPLES_PER_FRAME + 400 - 160
+    if waveform.shape[0] < needed:
+        raise ValueError(f'{path}: audio is {waveform.shape[0] / SAMPLE_RATE:.2f} s but its '
+                         f'{real_frames} frames need at least {needed / SAMPLE_RATE:.2f} s; the '
+                         f'file looks truncated: copy it again from the release.')
+    waveform = waveform[:num_samples]
     samples = np.clip(np.round(waveform * 32768.0), -32768, 32767).astype(np.int16)
     return np.pad(samples, (0, num_samples - samples.shape[0]))
 
@@ -413,7 +424,8 @@ def read_video(video: _Video, palette: np.ndarray, image_size: int) -> dict:
         'subset': video.subset,
         'frames': pad_frames(frames, NUM_FRAMES),
         'labels': labels,
-        'audio': read_audio(os.path.join(video.folder, 'audio.wav'), NUM_FRAMES * SAMPLE_RATE),
+        'audio': read_audio(os.path.join(video.folder, 'audio.wav'), NUM_FRAMES * SAMPLE_RATE,
+                            real),
         'frame_mask': t < real,
         'label_mask': label_mask,
         'classes': present_classes(labels, label_mask),

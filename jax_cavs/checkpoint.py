@@ -22,6 +22,10 @@ import orbax.checkpoint as ocp
 from jax_cavs.state import ContinualState
 
 
+class CorruptCheckpoint(ValueError):
+    """A checkpoint on disk is damaged or does not match the run's state structure."""
+
+
 class Checkpointer:
     """Saves and restores ``(state, meta, data)`` under ``workdir/checkpoints``."""
 
@@ -52,10 +56,17 @@ class Checkpointer:
         if step is None:
             raise FileNotFoundError(f"no checkpoint under {self.directory}")
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract),
-            meta=ocp.args.JsonRestore(),
-            data=ocp.args.JsonRestore()))
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract),
+                meta=ocp.args.JsonRestore(),
+                data=ocp.args.JsonRestore()))
+        except Exception as error:  # orbax/tensorstore raise many types for damaged files
+            path = os.path.join(self.directory, str(step))
+            raise CorruptCheckpoint(
+                f"checkpoint {path} cannot be restored ({type(error).__name__}: {error}). "
+                f"Delete {path} to resume from the previous checkpoint, or start a fresh "
+                f"--workdir.") from error
         return restored.state, dict(restored.meta), dict(restored.data or {})
 
     def restore_raw(self, step: int | None = None) -> dict[str, Any]:

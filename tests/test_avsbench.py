@@ -397,3 +397,24 @@ def test_object_mask_that_is_not_binary_is_named(tmp_path):
     config = avsbench_object.AvsbenchObjectConfig(name='s4_32', protocol='s4', image_size=SIZE)
     with pytest.raises(ValueError, match=re.escape(path) + r'.*\[128\]'):
         _build(avsbench_object.AvsbenchObject, config, root, tmp_path / 'tfds')
+
+
+def test_truncated_wav_is_named(written, tmp_path):
+    """A wav cut short (an interrupted copy): too little audio for the video's frames."""
+    root = _broken_copy(written, tmp_path)
+    folder, _ = _video((root, written[1]), 'v2', 'train')
+    path = os.path.join(folder, 'audio.wav')
+    with open(path, 'rb') as f:
+        data = f.read()
+    with open(path, 'wb') as f:
+        f.write(data[:len(data) // 3])
+    _expect_error(root, tmp_path, ValueError, path)
+
+
+def test_frame_and_mask_size_mismatch_is_named(written, tmp_path):
+    root = _broken_copy(written, tmp_path)
+    folder, _ = _video((root, written[1]), 'v1m', 'train')
+    path = os.path.join(folder, 'labels_rgb', '1.png')
+    mask = np.asarray(Image.open(path))
+    Image.fromarray(np.ascontiguousarray(mask[:-2])).save(path)
+    _expect_error(root, tmp_path, ValueError, path)

@@ -28,12 +28,12 @@ def command(workdir: str, data_dir: str) -> list[str]:
             "--config.train.checkpoint_every=4"]
 
 
-def run_until(cmd: list[str], env: dict, pattern: str | None, timeout: float = 600) -> str:
+def run_until(cmd: list[str], pattern: str | None, timeout: float = 600) -> str:
     """Runs ``cmd``; SIGKILLs it as soon as its stderr matches ``pattern`` (None: let it end).
 
     Returns the stderr text seen. Asserts a killed run was really killed before finishing.
     """
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, bufsize=1)
     seen = []
     killed = threading.Event()
@@ -73,22 +73,21 @@ def final_params(workdir: str):
 
 
 def test_killed_and_resumed_run_is_bitwise_identical(tmp_path, tiny_data_dir):
-    env = dict(os.environ, JAX_CAVS_XLA_CACHE=str(tmp_path / "xla"))
     reference = str(tmp_path / "reference")
-    run_until(command(reference, tiny_data_dir), env, None)
+    run_until(command(reference, tiny_data_dir), None)
 
     resumed = str(tmp_path / "resumed")
     cmd = command(resumed, tiny_data_dir)
     # Right after a mid-task checkpoint (task 0, step 4).
-    run_until(cmd, env, r"saved checkpoint 1 \(task 0, train, step 4\)")
+    run_until(cmd, r"saved checkpoint 1 \(task 0, train, step 4\)")
     # Inside a task: past the next checkpoint, in the middle of training task 0.
-    text = run_until(cmd, env, r"task 1/2 train:\s+\d+%\|[^|]*\|\s*(9|1[0-9])/")
+    text = run_until(cmd, r"task 1/2 train:\s+\d+%\|[^|]*\|\s*(9|1[0-9])/")
     assert "Resuming" in text and "step 4" in text
     # During the evaluation of task 0.
-    run_until(cmd, env, r"task 0 eval")
+    run_until(cmd, r"task 0 eval")
     # Inside task 1's training.
-    run_until(cmd, env, r"task 2/2 train:\s+\d+%\|[^|]*\|\s*[2-9]/")
-    text = run_until(cmd, env, None)
+    run_until(cmd, r"task 2/2 train:\s+\d+%\|[^|]*\|\s*[2-9]/")
+    text = run_until(cmd, None)
     assert "Resuming" in text
 
     with open(os.path.join(reference, "metrics.json"), "rb") as f:
