@@ -125,3 +125,12 @@ def test_unusable_data_dir_is_reported(tmp_path):
     blocker.write_text('')
     with pytest.raises(ValueError, match=r'Cannot create data_dir .*a_file'):
         sources.load_dataset('synth_avs', 'tiny', str(blocker / 'sub'))
+
+
+def test_sources_pickle_for_grain_worker_processes(tiny):
+    """grain's worker processes receive the data source by pickle."""
+    import pickle
+    source = tiny.sources['train']
+    copy = pickle.loads(pickle.dumps(source))
+    assert len(copy) == len(source)
+    np.testing.assert_array_equal(copy[3]['labels'], source[3]['labels'])

@@ -234,7 +234,10 @@ def load_dataset(name: str, config: str, data_dir: str, *,
     builder_cls = builder_class(name)
     builder_config = _config_with_overrides(builder_cls, config, overrides)
     data_dir = os.path.abspath(os.path.expanduser(data_dir))
-    builder = builder_cls(config=builder_config, data_dir=data_dir, file_format='array_record')
+    # A registered config is passed by name: data sources are pickled into grain's worker
+    # processes, and tfds refuses to rebuild a registered config from a pickled object.
+    builder = builder_cls(config=builder_config.name if not overrides else builder_config,
+                          data_dir=data_dir, file_format='array_record')
     label = f'{name}/{builder_config.name}'
     if not builder.is_prepared():
         _ensure_writable(data_dir, f'dataset {label}')
