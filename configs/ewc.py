@@ -1,0 +1,29 @@
+"""EWC (Kirkpatrick et al. PNAS 2017): fine-tuning + λ·c·Σ F (θ − θ*)² with the diagonal
+empirical Fisher F of every past task (spec_family §D, jax_cavs/strategies/ewc.py).
+
+Defaults: FACIL's EWC [mmasana/FACIL src/approach/ewc.py: --lamb 5000, penalty Σ F (θ−θ*)² / 2];
+online consolidation F ← γF + F_new with γ = 1 (Schwarz et al.; Avalanche/Mammoth EWC-on).
+Normalisation layers and the classifier head are not regularised (``exclude``).
+
+Arguments (after ``:``, comma-separated):
+  mode=online|separate   consolidation of the per-task Fisher matrices
+  runlocal               tiny SynthAVS, small model, 2 epochs
+
+  python -m jax_cavs.main --config configs/ewc.py --workdir workdirs/ewc
+  python -m jax_cavs.main --config configs/ewc.py:runlocal --workdir /tmp/ewc
+"""
+
+from jax_cavs import config_base
+from jax_cavs.strategies import importance
+
+
+def get_config(arg=None):
+    args = config_base.parse_arg(arg, runlocal=False, mode="online")
+    config = config_base.base_config("ewc", args)
+    s = config.strategy
+    s.lam = 5000.0                          # FACIL --lamb
+    s.c = 0.5                               # FACIL: Σ F (θ−θ*)² / 2
+    s.mode = args.mode
+    s.gamma = 1.0                           # online decay γ (1: no decay)
+    s.exclude = importance.DEFAULT_EXCLUDE  # norm layers + classifier head
+    return config
