@@ -71,6 +71,7 @@ def main() -> None:
         model = build_model(model_config(model_cfg, num_classes))
         strategy = strategies.get_strategy("finetune")
         mesh = parallel.make_mesh(config.parallel)
+        clips = -(-clips // jax.device_count()) * jax.device_count()  # splits over the devices
         batch = make_batch(clips, frames, size, num_classes, np.random.default_rng(0))
         dummy = (jnp.zeros((1, frames, size, size, 3)), jnp.zeros((1, frames, 96, 64)),
                  jnp.ones((1, frames)))
@@ -80,7 +81,8 @@ def main() -> None:
         state = state.replace(seen=jnp.ones((num_classes,), bool))
         state = parallel.shard_state(state, mesh)
         step = parallel.jit_train_step(train_lib.make_train_step(model, strategy), mesh, state)
-        evaluate = parallel.jit_eval_step(train_lib.make_eval_step(model, num_classes), mesh)
+        evaluate = parallel.jit_eval_step(train_lib.make_eval_step(model, num_classes), mesh,
+                                          state)
         device_batch = parallel.shard_batch(batch, mesh)
         rng = jax.random.key(0)
         holder = {"state": state}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -24,7 +25,7 @@ import optax
 from tqdm import tqdm
 
 from jax_cavs import checkpoint as ckpt_lib
-from jax_cavs import parallel, strategies
+from jax_cavs import distributed, parallel, report, strategies
 from jax_cavs import train as train_lib
 from jax_cavs.data import scenarios, sources, streams
 from jax_cavs.metrics import continual as cl_metrics
@@ -80,6 +81,81 @@ def group_scores(confusion: np.ndarray, scenario: scenarios.Scenario,
             "miou": {"old": score(first), "new": score(seen & ~first), "all": score(seen)}}
 
 
+class NonFiniteLoss(RuntimeError):
+    """A loss term became NaN/Inf; the run stops before the bad state is checkpointed."""
+
+
+class NonFiniteGuard:
+    """Remembers, on device, the first step whose metrics were not finite and which terms.
+
+    ``update`` adds a few tiny device ops per step and never syncs; ``check`` (called where the
+    loop syncs anyway: logging and checkpoints) raises ``NonFiniteLoss`` naming the step, the
+    task and the terms.
+    """
+
+    def __init__(self, task: int, desc: str):
+        self.task, self.desc = task, desc
+        self.first = jnp.asarray(-1, jnp.int32)
+        self.names: list[str] = []
+        self.flags = None
+
+    def update(self, step: int, metrics: dict[str, jnp.ndarray]) -> None:
+        self.names = list(metrics)
+        flags = jnp.stack([~jnp.isfinite(metrics[k]) for k in self.names])
+        new = (self.first < 0) & flags.any()
+        self.first = jnp.where(new, step, self.first)
+        self.flags = flags if self.flags is None else jnp.where(new, flags, self.flags)
+
+    def check(self) -> None:
+        first = int(self.first)
+        if first >= 0:
+            terms = [n for n, bad in zip(self.names, np.asarray(self.flags)) if bad]
+            raise NonFiniteLoss(
+                f"non-finite loss in task {self.task} ({self.desc}) at step {first} of the task: "
+                f"terms {', '.join(terms)} are NaN/Inf. The last good checkpoint is intact; "
+                f"lower config.optimizer.lr or check the data, then re-run to resume.")
+
+
+class ConfigMismatch(ValueError):
+    """The workdir belongs to a run with a different config."""
+
+
+def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``field: old -> new`` for every leaf that differs between two nested config dicts."""
+    lines = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            lines += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            lines.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return lines
+
+
+def check_workdir_config(workdir: str, config: ml_collections.ConfigDict,
+                         allow_change: bool) -> None:
+    """Refuses to continue a run whose saved ``config.json`` differs from ``config``."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        old = json.load(f)
+    # The parallel block is the launch layout (it differs per process), not the experiment.
+    old.pop("parallel", None)
+    new = {k: v for k, v in json.loads(config.to_json()).items() if k != "parallel"}
+    diff = config_differences(old, new)
+    if diff and not allow_change:
+        raise ConfigMismatch(
+            f"{workdir} holds a run with a different config ({path}):\n  " + "\n  ".join(diff)
+            + "\nUse another --workdir, or pass --allow_config_change to continue anyway.")
+
+
+def write_json_atomic(path: str, value: Any) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
 @dataclasses.dataclass
 class Experiment:
     """Everything built once per run; ``run()`` executes (or resumes) the task loop."""
@@ -94,12 +170,13 @@ class Experiment:
     checkpointer: ckpt_lib.Checkpointer
 
     @classmethod
-    def create(cls, config: ml_collections.ConfigDict, workdir: str) -> "Experiment":
-        os.makedirs(workdir, exist_ok=True)
+    def create(cls, config: ml_collections.ConfigDict, workdir: str,
+               allow_config_change: bool = False) -> "Experiment":
+        check_workdir_config(workdir, config, allow_config_change)
         hparams = {k: v for k, v in config.strategy.items() if k != "name"}
         strategy = strategies.get_strategy(config.strategy.name, hparams)
-        dataset = sources.load_dataset(config.dataset.name, config.dataset.config,
-                                       config.dataset.data_dir)
+        dataset = distributed.primary_first(lambda: sources.load_dataset(
+            config.dataset.name, config.dataset.config, config.dataset.data_dir))
         sc = config.scenario
         scenario = scenarios.build_scenario(
             dataset.index["train"].classes, dataset.index["test"].classes,
@@ -108,8 +185,9 @@ class Experiment:
             joint=strategy.single_task, seed=sc.louvain_seed)
         model = build_model(model_config(config.model, dataset.num_classes))
         state = init_state(config, model, strategy, dataset)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json(indent=2))
+        if jax.process_index() == 0:
+            os.makedirs(workdir, exist_ok=True)
+            write_json_atomic(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
         return cls(config, workdir, dataset, scenario, model, strategy, state,
                    ckpt_lib.Checkpointer(workdir))
 
@@ -123,19 +201,23 @@ class Experiment:
         self.state = self.place(self.state)
         self._steps: dict[tuple, Any] = {}
         self._task_items: dict[int, list] = {}
+        self.writer = report.ScalarWriter(self.workdir) if jax.process_index() == 0 else None
         self._eval_step = parallel.jit_eval_step(
-            train_lib.make_eval_step(self.model, self.dataset.num_classes), self.mesh)
+            train_lib.make_eval_step(self.model, self.dataset.num_classes), self.mesh,
+            self.state)
         model = self.model
-        forward = jax.jit(lambda p, bs, batch: train_lib.forward(
-            model, p, bs, batch, train=False)[0])
-        self.forward = lambda p, bs, batch: forward(p, bs, self.device_batch(batch))
+        forward = parallel.jit_forward(lambda p, bs, batch: train_lib.forward(
+            model, p, bs, batch, train=False)[0], self.mesh, self.state)
+        self.forward = lambda p, bs, batch: forward(p, bs, self.device_batch(batch, whole=True))
 
     def place(self, state: ContinualState) -> ContinualState:
         """Lays the state out on the mesh (a no-op for leaves already placed)."""
         return parallel.shard_state(state, self.mesh)
 
-    def device_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        return parallel.shard_batch(batch, self.mesh)
+    def device_batch(self, batch: dict[str, np.ndarray], whole: bool = False
+                     ) -> dict[str, jax.Array]:
+        """This process's slice of a global batch (or, ``whole``, all of it) on the mesh."""
+        return parallel.shard_batch(batch, self.mesh, whole=whole)
 
     # -- data ---------------------------------------------------------------------------
     def task_info(self, t: int) -> TaskInfo:
@@ -143,13 +225,17 @@ class Experiment:
         return TaskInfo(index=t, num_tasks=sc.num_tasks, classes=sc.tasks[t].classes,
                         current=sc.current_mask(t), old=sc.old_mask(t), seen=sc.seen_mask(t))
 
-    def batches(self, indices, mask: np.ndarray, split: str = "train"):
-        """Eval-mode batches over ``indices`` of ``split``, labels restricted to ``mask``."""
+    def batches(self, indices, mask: np.ndarray, split: str = "train", whole: bool = False):
+        """Eval-mode batches over ``indices`` of ``split``, labels restricted to ``mask``:
+        this process's slice of every batch, or with ``whole`` every batch on every process
+        (host passes whose results every process needs, ``parallel`` module doc)."""
+        shard_index, shard_count = (0, 1) if whole else (jax.process_index(),
+                                                         jax.process_count())
         return streams.eval_batches(
             self.dataset.sources[split], indices, seen_mask=mask,
             batch_size=self.config.train.eval_batch_size, image_size=self.image_size,
-            worker_count=self.config.train.worker_count, shard_index=jax.process_index(),
-            shard_count=jax.process_count())
+            worker_count=self.config.train.worker_count, shard_index=shard_index,
+            shard_count=shard_count)
 
     def task_context(self, t: int) -> TaskContext:
         info = self.task_info(t)
@@ -161,8 +247,10 @@ class Experiment:
 
         return TaskContext(
             task=info, train_indices=self.scenario.tasks[t].train_indices,
-            batches=lambda indices, labels="current": self.batches(indices, masks[labels]),
-            device_batch=self.device_batch, forward=self.forward, model=self.model, fit=fit,
+            batches=lambda indices, labels="current": self.batches(indices, masks[labels],
+                                                                   whole=True),
+            device_batch=lambda batch: self.device_batch(batch, whole=True),
+            forward=self.forward, model=self.model, fit=fit,
             new_state=lambda strategy, seed: self.place(init_state(
                 self.config, self.model, strategy, self.dataset, seed)),
             workdir=self.workdir, rng=np.random.default_rng([self.config.seed, t]))
@@ -192,19 +280,66 @@ class Experiment:
         return group_scores(np.asarray(jax.device_get(confusion)), self.scenario, seen)
 
     # -- the loop -----------------------------------------------------------------------
-    def train_task(self, state: ContinualState, t: int) -> ContinualState:
-        """begin -> prepare -> train on the task (+ replay) stream -> end, for task ``t``."""
-        ctx = self.task_context(t)
-        state = self.strategy.begin_task(state, ctx.task)
-        state = fresh_optimizer(state, self.learning_rate(t))
-        state = self.place(self.strategy.prepare_task(state, ctx))
-        self._task_items[t] = streams.training_items(
-            ctx.train_indices, self.strategy.replay_ids(state, ctx))
-        state = self.fit(state, t, self.step_fn(self.strategy, False), "train")
-        return self.place(self.strategy.end_task(state, ctx))
+    # A task runs in phases, each ending in an atomic checkpoint, so a killed run resumes
+    # exactly: "start" (nothing done yet) -> begin/prepare, then "train" (``step`` optimiser
+    # steps done, grain iterator state saved) -> "trained" (training finished) -> end_task and
+    # evaluation -> the next task's "start".
+    def run(self) -> dict[str, Any]:
+        state, meta, data = self.state, {"task": 0, "phase": "start", "step": 0, "save": 0,
+                                         "tasks": [], "accuracy_matrix": []}, {}
+        if self.checkpointer.latest_step() is not None:
+            state, meta, data = self.checkpointer.restore(state)
+            state = self.place(state)
+            print(f"[jax_cavs] Resuming from {self.checkpointer.directory}: task {meta['task']}, "
+                  f"phase {meta['phase']}, step {meta['step']}.", file=sys.stderr, flush=True)
+        while meta["task"] < self.scenario.num_tasks:
+            t = meta["task"]
+            ctx = self.task_context(t)
+            if meta["phase"] == "start":
+                state = self.begin_task(state, ctx)
+                meta.update(phase="train", step=0)
+                data = {"items": self._task_items[t], "iterator": None}
+            self._task_items[t] = [tuple(item) for item in data["items"]]
+            if meta["phase"] == "train":
+                state = self.fit(state, t, self.step_fn(self.strategy, False), "train",
+                                 meta=meta, iterator_state=data.get("iterator"))
+                meta.update(phase="trained")
+                self.save(state, meta, {"items": data["items"]})
+            start = time.time()
+            state = self.place(self.strategy.end_task(state, ctx))
+            scores = self.evaluate(state, t)
+            meta["tasks"].append(self.task_record(t, scores))
+            meta["accuracy_matrix"].append(scores["groups"])
+            meta.update(task=t + 1, phase="start", step=0)
+            self.save(state, meta, {})
+            self.write_outputs(state, meta, t, time.time() - start)
+        self.state = state
+        metrics = self.write_metrics(meta)
+        print_summary(metrics)
+        return metrics
 
-    def fit(self, state: ContinualState, t: int, step_fn, desc: str) -> ContinualState:
-        """Runs ``step_fn`` over ``config.train.epochs`` shuffled epochs of task ``t``'s items."""
+    def begin_task(self, state: ContinualState, ctx: TaskContext) -> ContinualState:
+        """begin_task, a fresh optimiser at the task's rate, prepare_task, the replay items."""
+        state = self.strategy.begin_task(state, ctx.task)
+        state = fresh_optimizer(state, self.learning_rate(ctx.task.index))
+        state = self.place(self.strategy.prepare_task(state, ctx))
+        self._task_items[ctx.task.index] = streams.training_items(
+            ctx.train_indices, self.strategy.replay_ids(state, ctx))
+        return state
+
+    def save(self, state: ContinualState, meta: dict[str, Any], data: dict[str, Any]) -> None:
+        meta["save"] += 1
+        self.checkpointer.save(meta["save"], state, meta, data)
+
+    def fit(self, state: ContinualState, t: int, step_fn, desc: str,
+            meta: dict[str, Any] | None = None, iterator_state: dict | None = None
+            ) -> ContinualState:
+        """Runs ``step_fn`` over ``config.train.epochs`` shuffled epochs of task ``t``'s items.
+
+        With ``meta`` (the learner's run position) it starts at ``meta["step"]`` from
+        ``iterator_state`` and checkpoints every ``config.train.checkpoint_every`` steps.
+        A non-finite loss term stops the run before anything is saved (``NonFiniteLoss``).
+        """
         cfg = self.config.train
         items = self._task_items[t]
         steps = cfg.epochs * streams.steps_per_epoch(len(items), cfg.batch_size)
@@ -214,41 +349,41 @@ class Experiment:
             num_epochs=cfg.epochs, seed=self.config.seed * 1000 + t, image_size=self.image_size,
             worker_count=cfg.worker_count, shard_index=jax.process_index(),
             shard_count=jax.process_count())
+        first = meta["step"] if meta else 0
+        if iterator_state:
+            iterator.set_state(iterator_state)
         rng = jax.random.fold_in(jax.random.key(self.config.seed), t)
-        bar = tqdm(range(steps), desc=f"task {t + 1}/{self.scenario.num_tasks} {desc}")
+        guard = NonFiniteGuard(t, desc)
+        bar = tqdm(range(first, steps), initial=first, total=steps,
+                   desc=f"task {t + 1}/{self.scenario.num_tasks} {desc}")
         for i in bar:
             batch = self.device_batch(next(iterator))
             state, metrics = step_fn(state, batch, jax.random.fold_in(rng, i))
-            if (i + 1) % cfg.log_every == 0 or i + 1 == steps:
-                bar.set_postfix({k: f"{float(v):.4f}" for k, v in metrics.items()})
+            guard.update(i, metrics)
+            last = i + 1 == steps
+            if (i + 1) % cfg.log_every == 0 or last:
+                guard.check()
+                values = {k: float(v) for k, v in metrics.items()}
+                bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()})
+                if meta is not None and self.writer:
+                    self.writer.scalars(int(state.step), {
+                        **{f"train/{k}": v for k, v in values.items()},
+                        "train/learning_rate": float(state.opt_state.hyperparams["learning_rate"])})
+            if meta is not None and cfg.checkpoint_every and (i + 1) % cfg.checkpoint_every == 0 \
+                    and not last:
+                guard.check()
+                meta["step"] = i + 1
+                self.save(state, meta, {"items": [list(x) for x in items],
+                                        "iterator": iterator.get_state()})
+        guard.check()
         return state
 
-    def run(self) -> dict[str, Any]:
-        state, meta = self.state, {"next_task": 0, "tasks": [], "accuracy_matrix": []}
-        if self.checkpointer.latest_step() is not None:
-            state, meta, _ = self.checkpointer.restore(state)
-            state = self.place(state)
-            print(f"Resuming from {self.checkpointer.directory} at task {meta['next_task']}.")
-        for t in range(meta["next_task"], self.scenario.num_tasks):
-            start = time.time()
-            state = self.train_task(state, t)
-            scores = self.evaluate(state, t)
-            meta["tasks"].append(self.task_record(t, scores, time.time() - start))
-            meta["accuracy_matrix"].append(scores["groups"])
-            meta["next_task"] = t + 1
-            self.checkpointer.save(int(state.step), state, meta)
-            self.write_metrics(meta)
-        self.state = state
-        metrics = self.write_metrics(meta)
-        print_summary(metrics)
-        return metrics
-
-    def task_record(self, t: int, scores: dict[str, Any], seconds: float) -> dict[str, Any]:
+    def task_record(self, t: int, scores: dict[str, Any]) -> dict[str, Any]:
         return {"task": t, "classes": list(self.scenario.tasks[t].classes),
-                "miou": scores["miou"], "per_class_iou": scores["per_class_iou"],
-                "seconds": round(seconds, 1)}
+                "miou": scores["miou"], "per_class_iou": scores["per_class_iou"]}
 
-    def write_metrics(self, meta: dict[str, Any]) -> dict[str, Any]:
+    def metrics(self, meta: dict[str, Any]) -> dict[str, Any]:
+        """The ``metrics.json`` content for the tasks finished so far."""
         matrix = [[0.0 if v is None else v for v in row] for row in meta["accuracy_matrix"]]
         metrics = {"method": self.strategy.name, "scenario": {
             "split": self.scenario.name, "mode": self.scenario.mode,
@@ -257,11 +392,62 @@ class Experiment:
             "tasks": meta["tasks"], "accuracy_matrix": matrix}
         if matrix and len(matrix) == len(matrix[0]):
             metrics["summary"] = cl_metrics.summarize(np.asarray(matrix))
-        path = os.path.join(self.workdir, "metrics.json")
-        with open(path + ".tmp", "w") as f:
-            json.dump(metrics, f, indent=2)
-        os.replace(path + ".tmp", path)
         return metrics
+
+    def write_metrics(self, meta: dict[str, Any]) -> dict[str, Any]:
+        metrics = self.metrics(meta)
+        if jax.process_index() == 0:
+            write_json_atomic(os.path.join(self.workdir, "metrics.json"), metrics)
+        return metrics
+
+    def write_outputs(self, state: ContinualState, meta: dict[str, Any], t: int,
+                      seconds: float) -> None:
+        """After task ``t``: metrics.json, TensorBoard mIoU scalars, timings and the report."""
+        self.write_metrics(meta)
+        examples = self.overlay_examples(state, t)  # runs the model: every process takes part
+        if jax.process_index() != 0:
+            return
+        miou = meta["tasks"][-1]["miou"]
+        self.writer.scalars(t, {f"miou/{k}": v for k, v in miou.items()})
+        timings_path = os.path.join(self.workdir, "timings.json")
+        timings = {}
+        if os.path.exists(timings_path):
+            with open(timings_path) as f:
+                timings = json.load(f)
+        timings[str(t)] = round(seconds, 1)
+        write_json_atomic(timings_path, timings)
+        report.write_report(self.workdir, list(self.dataset.class_names), examples)
+
+    def overlay_examples(self, state: ContinualState, t: int) -> list[dict[str, Any]]:
+        """One test clip per class group (old: first task; new: this task): its frame with
+        the most pixels of that group, the ground truth and the prediction."""
+        seen = self.scenario.seen_mask(t)
+        groups = [("old", self.scenario.group_mask(0))]
+        if t > 0:
+            groups.append(("new", self.scenario.current_mask(t)))
+        source = self.dataset.sources["test"]
+        examples = []
+        for name, mask in groups:
+            for index in self.scenario.test_indices:
+                classes = self.dataset.index["test"].classes[index]
+                if not any(mask[c] for c in classes):
+                    continue
+                batch = next(self.batches([index], seen, split="test", whole=True))
+                logits = np.asarray(self.forward(state.params, state.batch_stats, batch).logits)
+                pred = np.argmax(np.where(seen, logits[0], train_lib.NEG_INF), axis=-1)
+                labels = np.asarray(batch["labels"][0])
+                frame = int(np.argmax([(np.isin(l, np.flatnonzero(mask))).sum() for l in labels]))
+                record = source[int(index)]
+                image = np.asarray(record["frames"][frame])
+                if image.shape[0] != self.image_size:
+                    image, _ = streams.transforms.eval_resize(
+                        image[None], np.asarray(record["labels"][frame])[None], self.image_size)
+                    image = image[0]
+                examples.append({"frame": image, "label": labels[frame].astype(np.int32),
+                                 "pred": pred[frame].astype(np.int32),
+                                 "title": f"{name} classes: test clip {index}, frame {frame}"})
+                break
+        return examples
 
 
 def model_config(cfg: ml_collections.ConfigDict, num_classes: int) -> ml_collections.ConfigDict:

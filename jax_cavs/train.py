@@ -36,9 +36,14 @@ def forward(model, params, batch_stats, batch: Batch, *, train: bool,
     if train:
         (logits, features), updates = model.apply(variables, *args, train=True,
                                                   mutable=["batch_stats"])
-        return Outputs(logits, features), updates["batch_stats"]
+        return Outputs(logits, _float32(features)), updates["batch_stats"]
     logits, features = model.apply(variables, *args, train=False)
-    return Outputs(logits, features), None
+    return Outputs(logits, _float32(features)), None
+
+
+def _float32(features):
+    """Feature-distillation losses run in float32 even when the model computes in bfloat16."""
+    return jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), features)
 
 
 def mask_unseen(logits: jnp.ndarray, seen: jnp.ndarray) -> jnp.ndarray:

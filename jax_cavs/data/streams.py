@@ -130,7 +130,12 @@ def eval_batches(source, indices: Sequence[int], *, seen_mask: np.ndarray, batch
 
     The last batch is completed with copies of the last clip whose ``valid`` flag is 0, so
     metrics weight them out while every batch keeps the same shape (no re-compilation).
+    ``batch_size`` is the global batch; each of ``shard_count`` processes gets
+    ``batch_size // shard_count`` clips of every batch (and so the same number of batches).
     """
+    if batch_size % shard_count:
+        raise ValueError(f"config field eval_batch_size={batch_size} must be divisible by the "
+                         f"number of processes ({shard_count}).")
     indices = [int(i) for i in indices]
     pad = (-len(indices)) % batch_size
     items = [(i, False, 1.0) for i in indices] + [(indices[-1], False, 0.0)] * pad

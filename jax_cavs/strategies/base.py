@@ -59,9 +59,16 @@ class TaskContext:
       train_indices: record indices of the task's training videos (train split).
       batches: ``batches(indices, labels="current"|"seen") -> iterator`` of padded eval-mode
         host batches (``valid`` marks real clips) over training videos, labels remapped to
-        the current task's classes or to all seen classes.
+        the current task's classes or to all seen classes. With several processes every
+        process gets the *whole* batches, so host-side selection sees every video.
       device_batch: host batch -> global device arrays laid out on the mesh.
-      forward: jit'd eval-mode forward ``(params, batch_stats, host batch) -> Outputs``.
+      forward: jit'd eval-mode forward ``(params, batch_stats, host batch) -> Outputs``,
+        replicated on every device (``np.asarray`` works on every process).
+
+    Multi-process rules for strategies: read results of your own jit'd passes with
+    ``parallel.to_host`` (on every process), keep host-side choices deterministic (``rng``),
+    write files only on ``distributed.is_primary()``, and never run a computation on global
+    arrays inside a process-0-only block.
       model: the flax module, for strategies that jit their own passes (gradients for EWC or
         MAS): ``train.forward(ctx.model, params, batch_stats, batch, train=False)``.
       fit: ``fit(state, strategy, zero_audio=False, desc="") -> state`` trains ``state`` with

@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax_cavs import parallel
 from jax_cavs.losses import pod, pseudo_labels, reduce, segmentation
 from jax_cavs.strategies import base
 from jax_cavs.strategies.mib import init_balanced_classifier
@@ -96,11 +97,11 @@ def entropy_histogram(batches: Iterable[base.Batch], forward: Callable[..., base
         labels = device_batch({k: batch[k] for k in ("labels", "label_mask", "valid")})
         pixels = int(labels["labels"].size)
         if in_chunk + pixels > capacity:
-            total += np.asarray(jax.device_get(chunk), np.int64)
+            total += parallel.to_host(chunk).astype(np.int64)
             chunk, in_chunk = jnp.zeros(shape, jnp.int32), 0
         chunk = _add_to_histogram(chunk, logits, labels, old, seen)
         in_chunk += pixels
-    return total + np.asarray(jax.device_get(chunk), np.int64)
+    return total + parallel.to_host(chunk).astype(np.int64)
 
 
 @base.register
