@@ -149,11 +149,7 @@ def test_parallel_primitives_across_two_processes(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config, replay", [
-    (RUNLOCAL, False),
-    # + memory selection by herding on features from a pass over every process's devices
-    ("configs/replay.py:runlocal,selection=herding", True),
-])
+@pytest.mark.parametrize("config, replay", [(RUNLOCAL, False)])
 def test_two_local_processes_match_one(tmp_path, tiny_data_dir, config, replay):
     """``launch/local_multiprocess.sh 2``: two processes with one CPU device each share the
     training and evaluation through jax.distributed and write one metrics.json, equal to the
