@@ -18,7 +18,7 @@ from jax_cavs.strategies import importance
 
 
 def get_config(arg=None):
-    args = config_base.parse_arg(arg, runlocal=False, mode="online")
+    args = config_base.parse_arg(arg, mode="online")
     config = config_base.base_config("ewc", args)
     s = config.strategy
     s.lam = 5000.0                          # FACIL --lamb

@@ -14,7 +14,7 @@ from jax_cavs import config_base
 
 
 def get_config(arg=None):
-    args = config_base.parse_arg(arg, runlocal=False)
+    args = config_base.parse_arg(arg)
     config = config_base.base_config("ilt", args)
     config.strategy.loss_kd = 100.0       # MiB argparser: --method ILT sets loss_kd = 100
     config.strategy.alpha = 1.0           # --alpha default

@@ -10,5 +10,5 @@ from jax_cavs import config_base
 
 
 def get_config(arg=None):
-    args = config_base.parse_arg(arg, runlocal=False)
+    args = config_base.parse_arg(arg)
     return config_base.base_config("joint", args)

@@ -14,7 +14,7 @@ from jax_cavs import config_base
 
 
 def get_config(arg=None):
-    args = config_base.parse_arg(arg, runlocal=False)
+    args = config_base.parse_arg(arg)
     config = config_base.base_config("lwf", args)
     config.strategy.loss_kd = 100.0  # MiB/PLOP argparser: --method LWF sets loss_kd = 100
     config.strategy.alpha = 1.0      # --alpha default (teacher logits factor)

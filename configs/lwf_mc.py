@@ -13,7 +13,7 @@ from jax_cavs import config_base
 
 
 def get_config(arg=None):
-    args = config_base.parse_arg(arg, runlocal=False)
+    args = config_base.parse_arg(arg)
     config = config_base.base_config("lwf_mc", args)
     config.strategy.icarl_importance = 10.0  # MiB argparser: --method LWF-MC
     return config

@@ -15,7 +15,7 @@ from jax_cavs.strategies import importance
 
 
 def get_config(arg=None):
-    args = config_base.parse_arg(arg, runlocal=False)
+    args = config_base.parse_arg(arg)
     config = config_base.base_config("mas", args)
     s = config.strategy
     s.lam = 1.0                             # FACIL --lamb

@@ -14,7 +14,7 @@ from jax_cavs import config_base
 
 
 def get_config(arg=None):
-    args = config_base.parse_arg(arg, runlocal=False)
+    args = config_base.parse_arg(arg)
     config = config_base.base_config("mib", args)
     config.strategy.loss_kd = 10.0         # --method MiB sets loss_kd = 10 (on UNKD)
     config.strategy.alpha = 1.0            # --alpha default

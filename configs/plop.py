@@ -15,7 +15,7 @@ from jax_cavs import config_base
 
 
 def get_config(arg=None):
-    args = config_base.parse_arg(arg, runlocal=False)
+    args = config_base.parse_arg(arg)
     config = config_base.base_config("plop", args)
     config.strategy.pod_factor = 0.01           # --pod_factor 0.01, pod = "local"
     config.strategy.pod_logits_factor = 0.0005  # pod_options switch.after.factor (logits)

@@ -19,7 +19,7 @@ from jax_cavs import config_base
 
 
 def get_config(arg=None):
-    args = config_base.parse_arg(arg, runlocal=False, selection="random", memory=5)
+    args = config_base.parse_arg(arg, selection="random", memory=5)
     config = config_base.base_config("replay", args)
     config.strategy.per_class = args.memory     # k = 5 [CMR A.3]
     config.strategy.selection = args.selection

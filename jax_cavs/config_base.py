@@ -18,13 +18,20 @@ import ml_collections
 
 DEFAULT_DATA_DIR = os.environ.get(
     "JAX_CAVS_DATA_DIR", os.path.join(os.path.expanduser("~"), ".cache", "jax_cavs", "data"))
+WEIGHTS_DIR = os.environ.get(
+    "JAX_CAVS_WEIGHTS_DIR", os.path.join(os.path.expanduser("~"), ".cache", "jax_cavs", "weights"))
+
+
+COMMON_ARGS = {"runlocal": False, "avsbench": False}
 
 
 def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:
-    """Parses ``"a,b=3,c=x"`` against defaults ``spec`` (types follow the defaults).
+    """Parses ``"a,b=3,c=x"`` against defaults ``spec`` plus ``COMMON_ARGS`` (every config
+    accepts ``runlocal`` and ``avsbench``); types follow the defaults.
 
     A bare name sets a boolean to True. Unknown names are an error listing the valid ones.
     """
+    spec = {**COMMON_ARGS, **spec}
     result = ml_collections.ConfigDict(dict(spec))
     for token in filter(None, (arg or "").split(",")):
         key, _, value = token.partition("=")
@@ -104,7 +111,14 @@ def base_config(strategy: str, args: ml_collections.ConfigDict) -> ml_collection
         num_processes=-1,          # -1: from the cluster environment
         process_id=-1,             # -1: from the cluster environment
     ))
-    if args.get("runlocal", False):
+    config.model_init = ml_collections.ConfigDict(dict(
+        resnet="",                 # torchvision ResNet state dict (.pth/.safetensors); "": none
+        vggish="",                 # torchvggish state dict; "": random init
+        dont_load=(),              # regexes over the sub-models' leaves not to load
+    ))
+    if args.get("avsbench", False):
+        avsbench(config, runlocal=args.get("runlocal", False))
+    elif args.get("runlocal", False):
         config.dataset.config = "tiny"
         config.dataset.image_size = 32
         config.model.neck_channels = 16
@@ -115,3 +129,33 @@ def base_config(strategy: str, args: ml_collections.ConfigDict) -> ml_collection
         config.train.worker_count = 0
         config.train.log_every = 5
     return config
+
+
+def avsbench(config: ml_collections.ConfigDict, runlocal: bool) -> None:
+    """The CMR paper's setting on AVSBench-semantic (spec_cavs §1, §3.5, §6.4).
+
+    The data is read from ``dataset.data_dir`` (built there from the official release by
+    ``python -m data_pipelines.avsbench_semantic``; the error names the missing directory) and
+    the ImageNet ResNet-50 / VGGish weights from ``model_init`` (default: ``$JAX_CAVS_WEIGHTS_DIR``
+    or ``~/.cache/jax_cavs/weights``). With ``runlocal``: a small AVSBench-layout tree (as the
+    tests write) at 64x64, the CPU model and no pretrained weights.
+    """
+    config.dataset.update(dict(name="avsbench_semantic", config="default", image_size=224))
+    config.scenario.update(dict(split="60-10", mode="disjoint", class_order=()))
+    config.model.update(dict(
+        backbone_depth=50, backbone_width=1.0, neck_channels=256, neck_dilations=(3, 6, 12, 18),
+        tpavi_stages=(0, 1, 2, 3), tpavi_inter_channels=128, tpavi_group=5, audio_width=1.0,
+        freeze_audio=True))
+    config.model_init.resnet = os.path.join(WEIGHTS_DIR, "resnet50-19c8e357.pth")
+    config.model_init.vggish = os.path.join(WEIGHTS_DIR, "vggish-10086976.pth")
+    config.optimizer.update(dict(name="adam", lr=1e-4, lr_incremental=1e-5))
+    config.train.update(dict(batch_size=8, epochs=30))  # 2 videos/GPU x 4 GPUs, 30 epochs
+    if runlocal:
+        config.dataset.update(dict(config="res64", image_size=64))
+        config.scenario.update(dict(split="6-2", mode="overlapped"))
+        config.model.update(dict(
+            backbone_depth=18, backbone_width=0.25, neck_channels=16, neck_dilations=(1, 2, 3, 4),
+            tpavi_inter_channels=8, tpavi_group=5, audio_width=0.125, freeze_audio=False))
+        config.model_init.update(dict(resnet="", vggish=""))
+        config.optimizer.update(dict(lr=1e-3, lr_incremental=5e-4))
+        config.train.update(dict(batch_size=2, epochs=1, worker_count=0, log_every=5))

@@ -30,6 +30,7 @@ from jax_cavs import train as train_lib
 from jax_cavs.data import scenarios, sources, streams
 from jax_cavs.metrics import continual as cl_metrics
 from jax_cavs.metrics import segmentation as seg_metrics
+from jax_cavs.models import weights as weights_lib
 from jax_cavs.models.avs import build_model
 from jax_cavs.state import ContinualState, create_state
 from jax_cavs.strategies.base import Outputs, TaskContext, TaskInfo
@@ -455,6 +456,19 @@ def model_config(cfg: ml_collections.ConfigDict, num_classes: int) -> ml_collect
     return ml_collections.ConfigDict({**cfg.to_dict(), "num_classes": num_classes})
 
 
+def load_pretrained(variables: dict, cfg: ml_collections.ConfigDict) -> dict:
+    """ImageNet ResNet / VGGish weights into the backbone and audio encoder, when configured
+    (``config.model_init``); missing files and mismatching keys or shapes are named."""
+    dont_load = tuple(cfg.dont_load)
+    if cfg.resnet:
+        variables = weights_lib.load_torchvision_resnet(
+            variables, os.path.expanduser(cfg.resnet), dont_load=dont_load)
+    if cfg.vggish:
+        variables = weights_lib.load_torchvggish(
+            variables, os.path.expanduser(cfg.vggish), dont_load=dont_load)
+    return variables
+
+
 def init_state(config, model, strategy, dataset, seed: int | None = None) -> ContinualState:
     """Initial variables from a dummy clip, wrapped in a fresh ``ContinualState``."""
     size, frames = config.dataset.image_size, dataset.num_frames
@@ -462,6 +476,7 @@ def init_state(config, model, strategy, dataset, seed: int | None = None) -> Con
              jnp.ones((1, frames)))
     variables = jax.jit(lambda rng: model.init(rng, *dummy, train=False))(
         jax.random.key(config.seed if seed is None else seed))
+    variables = load_pretrained(variables, config.model_init)
     return create_state(variables, build_optimizer(config.optimizer), dataset.num_classes,
                         strategy.memory_capacity(dataset.num_classes),
                         strategy.uses_importance, strategy.init_extras(dataset.num_classes))
