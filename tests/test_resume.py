@@ -72,9 +72,33 @@ def final_params(workdir: str):
     return params
 
 
+def check_report(workdir: str) -> None:
+    """The report a run writes opens: every image index.html references exists, is a PNG of
+    the size the report draws it at (inches x 100 dpi, as in test_report.py; overlays: one
+    260-pixel row for the old and one for the new classes after the last task), not blank."""
+    from PIL import Image
+
+    index = os.path.join(workdir, "report", "index.html")
+    with open(index) as f:
+        images = re.findall(r'<img src="([^"]+)"', f.read())
+    expected = {"accuracy_matrix.png": (600, 500), "miou_per_task.png": (700, 400),
+                "overlays.png": (750, 520)}
+    assert {"accuracy_matrix.png", "miou_per_task.png", "per_class_iou.png",
+            "overlays.png"} <= set(images)
+    for name in images:
+        with Image.open(os.path.join(workdir, "report", name)) as image:
+            assert image.format == "PNG"
+            pixels = np.asarray(image.convert("L"), np.float32)
+        assert pixels.std() > 0, name
+        if name in expected:
+            assert image.size == expected[name], name
+
+
 def test_killed_and_resumed_run_is_bitwise_identical(tmp_path, tiny_data_dir):
     reference = str(tmp_path / "reference")
     run_until(command(reference, tiny_data_dir), None)
+
+    check_report(reference)
 
     resumed = str(tmp_path / "resumed")
     cmd = command(resumed, tiny_data_dir)
