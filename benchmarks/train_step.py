@@ -117,9 +117,9 @@ def main() -> None:
                      neck_dilations=(3, 6, 12, 18), tpavi_inter_channels=128, audio_width=1.0,
                      freeze_audio=True)
         step_s, eval_s = bench("paper size (ResNet-50 + TPAVI, AVSBench)", paper, 71, 224, 5, 2)
-        print(f"  vs PyTorch reference: train step {TORCH_STEP_S / step_s:.1f}x faster "
-              f"({TORCH_STEP_S:.0f} s), inference {TORCH_EVAL_S_PER_FRAME / eval_s:.1f}x faster "
-              f"({TORCH_EVAL_S_PER_FRAME} s/frame)")
+        print(f"  speed-up over the PyTorch reference (>1: faster, target 3): train step "
+              f"{TORCH_STEP_S / step_s:.2f}x (reference {TORCH_STEP_S:.0f} s), inference "
+              f"{TORCH_EVAL_S_PER_FRAME / eval_s:.2f}x (reference {TORCH_EVAL_S_PER_FRAME} s/frame)")
     sys.stdout.flush()
 
 
