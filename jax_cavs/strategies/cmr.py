@@ -68,7 +68,7 @@ from jax_cavs.metrics import segmentation as seg_metrics
 from jax_cavs.state import ContinualState, copy_tree
 from jax_cavs.strategies import base
 from jax_cavs.strategies.finetune import Finetune
-from jax_cavs.strategies.mib import init_balanced_classifier
+from jax_cavs.strategies.mib import begin_balanced
 from jax_cavs.strategies.plop import PLOP
 
 SCORE_CLASSES = ("current", "seen")
@@ -89,10 +89,7 @@ class VisualTwinCE(Finetune):
     init_balanced: bool = True
 
     def begin_task(self, state, task):
-        state = super().begin_task(state, task)
-        if self.init_balanced and task.index > 0:
-            state = init_balanced_classifier(state, task.current)
-        return state
+        return begin_balanced(super().begin_task(state, task), task, self.init_balanced)
 
 
 @base.register

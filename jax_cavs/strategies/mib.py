@@ -35,6 +35,14 @@ from jax_cavs.strategies import base
 CLASSIFIER = ("decoder", "output_conv_4")
 
 
+def begin_balanced(state: ContinualState, task, enabled: bool) -> ContinualState:
+    """The balanced initialisation at the start of every incremental task (not task 0), when
+    ``enabled``; the ``begin_task`` step shared by MiB, PLOP and CMR's visual twin."""
+    if enabled and task.index > 0:
+        return init_balanced_classifier(state, task.current)
+    return state
+
+
 def init_balanced_classifier(state: ContinualState, current) -> ContinualState:
     """MiB's balanced initialisation of the current classes' classifier rows (spec §4).
 
@@ -80,10 +88,7 @@ class MiB(base.Strategy):
     init_balanced: bool = True
 
     def begin_task(self, state, task):
-        state = super().begin_task(state, task)
-        if self.init_balanced and task.index > 0:
-            state = init_balanced_classifier(state, task.current)
-        return state
+        return begin_balanced(super().begin_task(state, task), task, self.init_balanced)
 
     def loss(self, state, batch, student, teacher, rng):
         weights = base.pixel_weights(batch)

@@ -49,7 +49,7 @@ import numpy as np
 from jax_cavs import parallel
 from jax_cavs.losses import pod, pseudo_labels, reduce, segmentation
 from jax_cavs.strategies import base
-from jax_cavs.strategies.mib import init_balanced_classifier
+from jax_cavs.strategies.mib import begin_balanced
 
 # The map distilled as PLOP's "pre_logits" entry (``AVSModel`` features, [N*T, h, w, c]).
 PRE_LOGITS_FEATURES = {
@@ -148,10 +148,7 @@ class PLOP(base.Strategy):
         return {"thresholds": jnp.full((num_classes,), self.pseudo_threshold, jnp.float32)}
 
     def begin_task(self, state, task):
-        state = super().begin_task(state, task)
-        if self.init_balanced and task.index > 0:
-            state = init_balanced_classifier(state, task.current)
-        return state
+        return begin_balanced(super().begin_task(state, task), task, self.init_balanced)
 
     def prepare_task(self, state, ctx):
         if ctx.task.index == 0:
