@@ -19,7 +19,9 @@ classes of the later tasks, all = every class, the paper's "1-60 | 61-70 | all" 
 
 Every run is ``python -m jax_cavs.main --config configs/<method>.py[:args]`` in its own
 workdir ``<root>/<run>`` (log in ``run.log``), one after the other; the CMR default run is
-shared by the three tables. Resumable: a finished run (its ``metrics.json`` covers every class
+shared by the three tables, and the default root is ``compare_methods.py``'s, so Table 1
+reuses its runs. As there, every method but joint training starts from fine-tuning's trained
+first task (``--config.first_task_from``; ``--no_share_first_task`` trains it in every run). Resumable: a finished run (its ``metrics.json`` covers every class
 of the scenario) is skipped, an unfinished one resumes from its checkpoint. ``--seeds N``
 repeats every run with ``config.seed = 0..N-1`` and reports mean ± std. The markdown goes to
 ``--out`` (default ``<root>/cmr_ablation.md``), and with ``--readme`` between the markers
@@ -42,7 +44,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare_methods import REPO, is_finished, read_metrics  # noqa: E402
+from compare_methods import (  # noqa: E402
+    FIRST_TASK_SOURCE, REPO, is_finished, read_metrics, reuses_first_task)
 
 MODES = ("overlapped", "disjoint")
 TABLE1_METHODS = (("FT", "finetune"), ("LwF", "lwf"), ("MiB", "mib"), ("PLOP", "plop"),
@@ -76,7 +79,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--runlocal", action="store_true",
                         help="the configs' runlocal variant (tiny data, small model)")
     parser.add_argument("--root", default=None,
-                        help="directory of the runs (default workdirs/cmr_ablation[_runlocal])")
+                        help="directory of the runs (default workdirs/synthavs[_runlocal], "
+                             "shared with compare_methods.py)")
     parser.add_argument("--out", default=None,
                         help="markdown file (default <root>/cmr_ablation.md)")
     parser.add_argument("--readme", default=None,
@@ -90,6 +94,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=1, help="seeds per run (mean ± std)")
     parser.add_argument("--ablation_mode", choices=MODES, default="overlapped",
                         help="scenario mode of the Table 3 ablations")
+    parser.add_argument("--no_share_first_task", dest="share_first_task",
+                        action="store_false",
+                        help="train the first task in every run instead of reusing "
+                             "fine-tuning's")
     args = parser.parse_args()
     for override in args.override:
         if "=" not in override:
@@ -98,7 +106,7 @@ def parse_args() -> argparse.Namespace:
         parser.error("--seeds must be >= 1")
     args.only = {name for name in args.only.split(",") if name}
     args.root = args.root or os.path.join(
-        "workdirs", "cmr_ablation_runlocal" if args.runlocal else "cmr_ablation")
+        "workdirs", "synthavs_runlocal" if args.runlocal else "synthavs")
     args.out = args.out or os.path.join(args.root, "cmr_ablation.md")
     return args
 
@@ -111,11 +119,22 @@ def all_runs(args: argparse.Namespace) -> list[Run]:
     return [dataclasses.replace(run, seed=seed) for seed in range(args.seeds) for run in unique]
 
 
+def first_task_source(run: Run, args: argparse.Namespace) -> Run | None:
+    """The fine-tuning run whose trained first task ``run`` reuses (None: trains its own)."""
+    if args.share_first_task and reuses_first_task(run.method):
+        return Run(FIRST_TASK_SOURCE, run.mode, seed=run.seed)
+    return None
+
+
 def command(run: Run, workdir: str, args: argparse.Namespace) -> list[str]:
     parts = [p for p in (run.arg, "runlocal" if args.runlocal else "") if p]
     config = os.path.join(REPO, "configs", f"{run.method}.py")
     config += ":" + ",".join(parts) if parts else ""
     overrides = [f"--config.scenario.mode={run.mode}", f"--config.seed={run.seed}"]
+    source = first_task_source(run, args)
+    if source:
+        overrides.append("--config.first_task_from="
+                         + os.path.abspath(os.path.join(args.root, source.name)))
     return [sys.executable, "-m", "jax_cavs.main", f"--config={config}",
             f"--workdir={workdir}", *overrides,
             *[f"--config.{override}" for override in args.override]]
@@ -129,6 +148,9 @@ def execute(run: Run, args: argparse.Namespace) -> str:
         return ""
     if args.only and run.name not in args.only:
         return "not run"
+    source = first_task_source(run, args)
+    if source and execute(source, args_without_only(args)):
+        return f"not run: {source.name} (its first task) did not finish"
     os.makedirs(workdir, exist_ok=True)
     log_path = os.path.join(workdir, "run.log")
     print(f"{run.name}: running, log in {log_path}", flush=True)
@@ -136,14 +158,14 @@ def execute(run: Run, args: argparse.Namespace) -> str:
     with open(log_path, "a") as log:
         returncode = subprocess.run(command(run, workdir, args), cwd=REPO, stdout=log,
                                     stderr=subprocess.STDOUT).returncode
-    seconds = time.time() - start
-    total = seconds + run_seconds(workdir)  # summed over resumptions
-    with open(os.path.join(workdir, "benchmark_seconds.json"), "w") as f:
-        json.dump({"seconds": total}, f)
-    print(f"{run.name}: exit {returncode} after {seconds:.0f} s", flush=True)
+    print(f"{run.name}: exit {returncode} after {time.time() - start:.0f} s", flush=True)
     if returncode != 0 or not is_finished(read_metrics(workdir)):
         return f"failed (exit {returncode}), see {log_path}"
     return ""
+
+
+def args_without_only(args: argparse.Namespace) -> argparse.Namespace:
+    return argparse.Namespace(**{**vars(args), "only": set()})
 
 
 # -- reading results ----------------------------------------------------------------------
@@ -209,22 +231,6 @@ def miou_cells(runs: list[Run], args) -> list[str]:
             for k in ("old", "new", "all")]
 
 
-def run_seconds(workdir: str) -> float:
-    """Wall-clock seconds this script has spent on the run so far (0 if unknown)."""
-    path = os.path.join(workdir, "benchmark_seconds.json")
-    if not os.path.exists(path):
-        return 0.0
-    with open(path) as f:
-        return float(json.load(f)["seconds"])
-
-
-def minutes(runs: list[Run], args) -> str:
-    """Wall-clock minutes of the finished runs that this script executed."""
-    values = [run_seconds(os.path.join(args.root, run.name)) / 60.0 for run in runs
-              if finished_metrics(run, args)]
-    return cell([v for v in values if v > 0], scale=1.0)
-
-
 def seeds_of(run: Run, args) -> list[Run]:
     return [dataclasses.replace(run, seed=s) for s in range(args.seeds)]
 
@@ -240,14 +246,12 @@ def scenario_line(args) -> str:
 
 
 def table1(args) -> list[str]:
-    lines = ["| Method | " + " | ".join(f"{m} old | {m} new | {m} all" for m in MODES)
-             + " | minutes (overlapped) |",
-             "|---|" + "---:|" * (3 * len(MODES) + 1)]
+    lines = ["| Method | " + " | ".join(f"{m} old | {m} new | {m} all" for m in MODES) + " |",
+             "|---|" + "---:|" * (3 * len(MODES))]
     for label, method in TABLE1_METHODS:
         row = [label]
         for mode in MODES:
             row += miou_cells(seeds_of(Run(method, mode), args), args)
-        row.append(minutes(seeds_of(Run(method, MODES[0]), args), args))
         lines.append("| " + " | ".join(row) + " |")
     return lines
 

@@ -6,7 +6,11 @@
 
 Each (mode, method) run is ``python -m jax_cavs.main --config configs/<method>.py[:runlocal]
 --config.scenario.mode=<mode>`` in its own workdir ``<root>/<mode>/<method>`` (output in
-``run.log`` there), one after the other. The script is resumable: a finished run (its
+``run.log`` there), one after the other. The methods whose first task is plain cross-entropy
+(all but LwF-MC, SI and joint training) reuse fine-tuning's trained first task
+(``--config.first_task_from=<root>/<mode>/finetune``, MiB/PLOP's ``--step_ckpt``): every
+method then starts its second task from the same model, and the comparison costs one first
+task instead of ten (``--no_share_first_task`` trains it in every run). The script is resumable: a finished run (its
 ``metrics.json`` covers every class of the scenario) is not run again, and an unfinished one
 resumes from its last checkpoint. A method whose config file does not exist yet is skipped
 with a note; a run that fails is reported as such and the others go on.
@@ -33,6 +37,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ("finetune", "joint", "lwf", "lwf_mc", "ilt", "mib", "plop", "ewc", "si", "mas",
            "replay", "cmr")
 MODES = ("overlapped", "disjoint")
+FIRST_TASK_SOURCE = "finetune"  # the run whose trained first task the others reuse
 
 
 def parse_args() -> argparse.Namespace:
@@ -44,12 +49,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--modes", default=",".join(MODES),
                         help="comma-separated scenario modes")
     parser.add_argument("--root", default=None,
-                        help="directory of the runs (default workdirs/compare[_runlocal])")
+                        help="directory of the runs (default workdirs/synthavs[_runlocal], "
+                             "shared with cmr_ablation.py)")
     parser.add_argument("--out", default=None,
                         help="markdown table (default <root>/comparison.md)")
     parser.add_argument("--override", action="append", default=[], metavar="FIELD=VALUE",
                         help="extra config override for every run, e.g. "
                              "dataset.data_dir=/tmp/data (repeatable)")
+    parser.add_argument("--no_share_first_task", dest="share_first_task",
+                        action="store_false",
+                        help="train the first task in every run instead of reusing "
+                             "fine-tuning's")
     args = parser.parse_args()
     args.methods = [m for m in args.methods.split(",") if m]
     args.modes = [m for m in args.modes.split(",") if m]
@@ -60,9 +70,18 @@ def parse_args() -> argparse.Namespace:
         if "=" not in override:
             parser.error(f"--override {override!r} must be FIELD=VALUE")
     args.root = args.root or os.path.join(
-        "workdirs", "compare_runlocal" if args.runlocal else "compare")
+        "workdirs", "synthavs_runlocal" if args.runlocal else "synthavs")
     args.out = args.out or os.path.join(args.root, "comparison.md")
     return args
+
+
+def reuses_first_task(method: str) -> bool:
+    """True when ``method`` trains its first task as ``FIRST_TASK_SOURCE`` does."""
+    from jax_cavs import strategies  # jax import, only when runs are started
+
+    objective = strategies.strategy_class(FIRST_TASK_SOURCE).first_task_objective
+    return (method != FIRST_TASK_SOURCE
+            and strategies.strategy_class(method).first_task_objective == objective)
 
 
 def config_path(method: str) -> str:
@@ -86,18 +105,29 @@ def is_finished(metrics: dict[str, Any] | None) -> bool:
     return learned >= {c for group in metrics["scenario"]["groups"] for c in group}
 
 
-def run_command(method: str, mode: str, workdir: str, args: argparse.Namespace) -> list[str]:
+def run_command(method: str, mode: str, workdir: str, args: argparse.Namespace,
+                first_task_from: str = "") -> list[str]:
     config = config_path(method) + (":runlocal" if args.runlocal else "")
+    reuse = [f"--config.first_task_from={first_task_from}"] if first_task_from else []
     return [sys.executable, "-m", "jax_cavs.main", f"--config={config}",
-            f"--workdir={workdir}", f"--config.scenario.mode={mode}",
+            f"--workdir={workdir}", f"--config.scenario.mode={mode}", *reuse,
             *[f"--config.{override}" for override in args.override]]
 
 
 def run_method(method: str, mode: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Runs (or resumes, or skips) one method; returns {"metrics": ..., "note": ...}."""
+    """Runs (or resumes, or skips) one method; returns {"metrics": ..., "note": ...}.
+
+    A method reusing the first task runs the source first when it has not finished."""
     if not os.path.exists(config_path(method)):
         return {"metrics": None, "note": f"skipped: configs/{method}.py does not exist"}
     workdir = os.path.abspath(os.path.join(args.root, mode, method))
+    first_task_from = ""
+    if args.share_first_task and reuses_first_task(method):
+        source = run_method(FIRST_TASK_SOURCE, mode, args)
+        if source["metrics"] is None:
+            return {"metrics": None, "note": f"{FIRST_TASK_SOURCE}'s first task is missing: "
+                                             f"{source['note']}"}
+        first_task_from = os.path.abspath(os.path.join(args.root, mode, FIRST_TASK_SOURCE))
     metrics = read_metrics(workdir)
     if is_finished(metrics):
         print(f"[{mode}] {method}: finished earlier ({workdir})", flush=True)
@@ -107,7 +137,8 @@ def run_method(method: str, mode: str, args: argparse.Namespace) -> dict[str, An
     print(f"[{mode}] {method}: running, log in {log_path}", flush=True)
     start = time.time()
     with open(log_path, "a") as log:
-        returncode = subprocess.run(run_command(method, mode, workdir, args), cwd=REPO,
+        returncode = subprocess.run(run_command(method, mode, workdir, args,
+                                                first_task_from), cwd=REPO,
                                     stdout=log, stderr=subprocess.STDOUT).returncode
     metrics = read_metrics(workdir)
     print(f"[{mode}] {method}: exit {returncode} after {time.time() - start:.0f} s", flush=True)
@@ -152,7 +183,10 @@ def main() -> None:
     command = shlex.join(["python", "benchmarks/compare_methods.py", *sys.argv[1:]])
     text = ("mIoU (%) after the last task; old = background + first task's classes, new = "
             "later classes. Avg. acc. / forgetting / BWT over the per-task accuracy matrix "
-            f"(jax_cavs.metrics.continual).\nRegenerate: `{command}`\n\n"
+            "(jax_cavs.metrics.continual)."
+            + (f" Every method but LwF-MC, SI and joint starts from {FIRST_TASK_SOURCE}'s "
+               "trained first task." if args.share_first_task else "")
+            + f"\nRegenerate: `{command}`\n\n"
             + "\n\n".join(sections) + "\n")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:

@@ -8,6 +8,11 @@ a half-written checkpoint that would be picked up):
 * ``meta``: JSON with the run position (task, step within the task, whether the task's training
   is finished) and the results so far (accuracy matrix, per-task metrics);
 * ``data``: JSON with the grain iterator state of the task stream in progress (or ``{}``).
+
+Beside the rolling checkpoints, the learner at the end of every task's training is kept under
+``workdir/models/task_<t>`` (params and BatchNorm statistics only, ``save_task_model``): the
+models a user evaluates or deploys later, and the trained first task that other runs reuse
+(``config.first_task_from``, MiB/PLOP's ``--step_ckpt``).
 """
 
 from __future__ import annotations
@@ -80,3 +85,36 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+def task_model_path(workdir: str, task: int) -> str:
+    return os.path.join(os.path.abspath(workdir), "models", f"task_{task}")
+
+
+def save_task_model(workdir: str, task: int, params, batch_stats) -> None:
+    """Writes the learner after task ``task``'s training (atomic; replaces an older copy)."""
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(task_model_path(workdir, task),
+                      {"params": params, "batch_stats": batch_stats}, force=True)
+    checkpointer.wait_until_finished()
+
+
+def load_task_model(workdir: str, task: int, params, batch_stats) -> tuple[Any, Any]:
+    """(params, batch_stats) saved by ``save_task_model``, restored into the structure,
+    shapes and shardings of the given ones; a missing or mismatching model is named."""
+    path = task_model_path(workdir, task)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(
+            f"{path} does not exist: the run in {workdir} has not finished training task "
+            f"{task} (or predates per-task models). Finish that run first, or clear "
+            f"config.first_task_from.")
+    template = {"params": params, "batch_stats": batch_stats}
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+    try:
+        restored = ocp.StandardCheckpointer().restore(path, abstract)
+    except Exception as error:  # structure/shape mismatches and damaged files alike
+        raise CorruptCheckpoint(
+            f"model {path} cannot be restored into this run's model "
+            f"({type(error).__name__}: {error}); the two runs must use the same model "
+            f"config.") from error
+    return restored["params"], restored["batch_stats"]

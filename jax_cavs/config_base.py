@@ -56,6 +56,9 @@ def base_config(strategy: str, args: ml_collections.ConfigDict) -> ml_collection
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.arg = ml_collections.ConfigDict(args.to_dict())
+    # --workdir of a finished run whose trained first task this run reuses instead of
+    # training it (MiB/PLOP's --step_ckpt; checked to be the same first task). "": train it.
+    config.first_task_from = ""
 
     config.dataset = ml_collections.ConfigDict(dict(
         name="synth_avs",          # a module of data_pipelines/ registering the TFDS builder

@@ -33,7 +33,7 @@ from jax_cavs.metrics import segmentation as seg_metrics
 from jax_cavs.models import weights as weights_lib
 from jax_cavs.models.avs import build_model
 from jax_cavs.state import ContinualState, create_state
-from jax_cavs.strategies.base import Outputs, TaskContext, TaskInfo
+from jax_cavs.strategies.base import TaskContext, TaskInfo
 
 
 def build_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -151,6 +151,45 @@ def check_workdir_config(workdir: str, config: ml_collections.ConfigDict,
             + "\nUse another --workdir, or pass --allow_config_change to continue anyway.")
 
 
+# Config fields that determine the first task's training (besides the strategy's objective).
+FIRST_TASK_FIELDS = ("seed", "dataset", "scenario", "model", "model_init", "optimizer.name",
+                     "optimizer.lr", "optimizer.weight_decay", "optimizer.grad_clip",
+                     "train.batch_size", "train.epochs")
+
+
+def _field(config: dict, dotted: str) -> Any:
+    for key in dotted.split("."):
+        config = config.get(key, "<absent>") if isinstance(config, dict) else "<absent>"
+    return config
+
+
+def check_first_task_source(source: str, config: ml_collections.ConfigDict,
+                            strategy: strategies.Strategy) -> None:
+    """Refuses to reuse the first task of a run that trained it differently."""
+    path = os.path.join(source, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config.first_task_from={source!r}: {path} does not exist; "
+                                f"give the --workdir of a run of the same experiment.")
+    with open(path) as f:
+        theirs = json.load(f)
+    ours = json.loads(config.to_json())
+    diff = config_differences({k: _field(theirs, k) for k in FIRST_TASK_FIELDS},
+                              {k: _field(ours, k) for k in FIRST_TASK_FIELDS})
+    objective = strategy.first_task_objective
+    their_name = _field(theirs, "strategy.name")
+    their_objective = (strategies.strategy_class(their_name).first_task_objective
+                       if their_name in strategies.available() else None)
+    if objective is None:
+        diff.append(f"strategy {strategy.name!r} cannot reuse a first task")
+    elif their_objective != objective:
+        diff.append(f"first-task objective: {their_name!r} trains it with "
+                    f"{their_objective!r}, {strategy.name!r} with {objective!r}")
+    if diff:
+        raise ValueError(f"config.first_task_from={source!r}: that run's first task was not "
+                         f"trained as this run's would be:\n  " + "\n  ".join(diff)
+                         + "\nTrain the first task in this run (clear first_task_from).")
+
+
 def write_json_atomic(path: str, value: Any) -> None:
     with open(path + ".tmp", "w") as f:
         json.dump(value, f, indent=2)
@@ -176,6 +215,9 @@ class Experiment:
         check_workdir_config(workdir, config, allow_config_change)
         hparams = {k: v for k, v in config.strategy.items() if k != "name"}
         strategy = strategies.get_strategy(config.strategy.name, hparams)
+        if config.first_task_from:
+            check_first_task_source(os.path.expanduser(config.first_task_from), config,
+                                    strategy)
         dataset = distributed.primary_first(lambda: sources.load_dataset(
             config.dataset.name, config.dataset.config, config.dataset.data_dir))
         sc = config.scenario
@@ -302,8 +344,12 @@ class Experiment:
                 data = {"items": self._task_items[t], "iterator": None}
             self._task_items[t] = [tuple(item) for item in data["items"]]
             if meta["phase"] == "train":
-                state = self.fit(state, t, self.step_fn(self.strategy, False), "train",
-                                 meta=meta, iterator_state=data.get("iterator"))
+                if t == 0 and self.config.first_task_from:
+                    state = self.reuse_first_task(state)
+                else:
+                    state = self.fit(state, t, self.step_fn(self.strategy, False), "train",
+                                     meta=meta, iterator_state=data.get("iterator"))
+                ckpt_lib.save_task_model(self.workdir, t, state.params, state.batch_stats)
                 meta.update(phase="trained")
                 self.save(state, meta, {"items": data["items"]})
             start = time.time()
@@ -327,6 +373,23 @@ class Experiment:
         self._task_items[ctx.task.index] = streams.training_items(
             ctx.train_indices, self.strategy.replay_ids(state, ctx))
         return state
+
+    def reuse_first_task(self, state: ContinualState) -> ContinualState:
+        """The learner after the first task's training, taken from the run in
+        ``config.first_task_from`` instead of training it again (MiB/PLOP's ``--step_ckpt``).
+
+        Valid when both runs train the first task identically: the same fields
+        ``FIRST_TASK_FIELDS`` and the same ``first_task_objective`` (checked in ``create``,
+        ``check_first_task_source``). This strategy's own
+        ``end_task`` (importance, memory selection, CMR's twin) then runs as usual, so a
+        comparison of methods trains the shared first task once.
+        """
+        source = os.path.expanduser(self.config.first_task_from)
+        params, batch_stats = ckpt_lib.load_task_model(source, 0, state.params,
+                                                        state.batch_stats)
+        print(f"[jax_cavs] task 1 reused from {ckpt_lib.task_model_path(source, 0)}",
+              file=sys.stderr, flush=True)
+        return state.replace(params=params, batch_stats=batch_stats)
 
     def save(self, state: ContinualState, meta: dict[str, Any], data: dict[str, Any]) -> None:
         meta["save"] += 1

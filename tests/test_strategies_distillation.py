@@ -297,10 +297,13 @@ class LossTest(chex.TestCase):
         zeros = jax.tree_util.tree_map(np.zeros_like, _outputs(2))  # train.py on task 0
         for name in NAMES:
             strategy, state = _state_for(name, 0)
+            # The objective a run declares for reusing a trained first task is this loss.
             if name == "lwf_mc":
+                self.assertEqual(strategy.first_task_objective, "bce")
                 expected = _pixel_mean(_multilabel_bce(student.logits, batch["labels"], 3),
                                        batch)
             else:
+                self.assertEqual(strategy.first_task_objective, "ce", name)
                 expected = _pixel_mean(_ce(student.logits, batch["labels"], 3), batch)
             loss = self.variant(functools.partial(strategy.loss, rng=jax.random.key(0)))
             for teacher in (zeros, _outputs(3)):

@@ -99,6 +99,11 @@ class Strategy:
     uses_teacher: ClassVar[bool] = False      # the train step runs the frozen old model
     uses_importance: ClassVar[bool] = False   # allocate anchor / importance / path integral
     single_task: ClassVar[bool] = False       # train all classes at once (joint upper bound)
+    # The first task's training as a function of the data alone: runs naming the same
+    # objective can reuse one trained first task (``config.first_task_from``, MiB/PLOP's
+    # ``--step_ckpt``). None where the first task leaves more than the learner behind (SI's
+    # path integral) or is the whole run (joint).
+    first_task_objective: ClassVar[str | None] = "ce"
 
     def init_extras(self, num_classes: int) -> dict[str, jnp.ndarray]:
         """Method-specific arrays kept in ``state.extras`` (static shapes)."""
@@ -157,12 +162,17 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_strategy(name: str, hparams: dict[str, Any] | None = None) -> Strategy:
-    """Instantiates the strategy ``name`` with ``hparams``; errors list the valid choices."""
+def strategy_class(name: str) -> type[Strategy]:
+    """The registered class of strategy ``name``; an unknown name lists the valid ones."""
     if name not in _REGISTRY:
         raise ValueError(f"config field strategy.name={name!r} is not a known strategy; "
                          f"valid names: {', '.join(available())}.")
-    cls = _REGISTRY[name]
+    return _REGISTRY[name]
+
+
+def get_strategy(name: str, hparams: dict[str, Any] | None = None) -> Strategy:
+    """Instantiates the strategy ``name`` with ``hparams``; errors list the valid choices."""
+    cls = strategy_class(name)
     fields = {f.name for f in dataclasses.fields(cls)}
     hparams = dict(hparams or {})
     unknown = sorted(set(hparams) - fields)

@@ -18,3 +18,4 @@ from jax_cavs.strategies.finetune import Finetune
 class Joint(Finetune):
     name = "joint"
     single_task = True
+    first_task_objective = None

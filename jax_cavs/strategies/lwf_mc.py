@@ -37,6 +37,7 @@ class LwFMC(base.Strategy):
     """
 
     name = "lwf_mc"
+    first_task_objective = "bce"  # per-class sigmoids from the first task on
     uses_teacher = True
 
     icarl_importance: float = 10.0

@@ -40,6 +40,7 @@ class SI(ImportanceStrategy):
     """SI; ``xi`` is the damping ξ of the consolidation."""
 
     name = "si"
+    first_task_objective = None  # the path integral accumulates during the first task
 
     lam: float = 0.1
     c: float = 1.0
