@@ -45,7 +45,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compare_methods import (  # noqa: E402
-    FIRST_TASK_SOURCE, REPO, is_finished, read_metrics, reuses_first_task)
+    FIRST_TASK_SOURCE, REPO, is_finished, read_metrics, reuses_first_task, write_readme)
 
 MODES = ("overlapped", "disjoint")
 TABLE1_METHODS = (("FT", "finetune"), ("LwF", "lwf"), ("MiB", "mib"), ("PLOP", "plop"),
@@ -55,7 +55,6 @@ SELECTION_ROWS = (("Random", "selection=random"), ("Smallest Δ", "selection=sma
                   ("MSS without CSR", "csr=False"),
                   ("MSS, f^v = learner with zero audio", "visual=zero_audio"))
 MEMORY_ROWS = (("3 per class", "memory=3"), ("5 per class", ""), ("7 per class", "memory=7"))
-BEGIN, END = "<!-- cmr_ablation:begin -->", "<!-- cmr_ablation:end -->"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,21 +305,6 @@ def markdown(args, notes: dict[str, str]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def write_readme(path: str, text: str) -> None:
-    """Replaces the marked section of ``path`` with ``text`` (appends it when absent)."""
-    with open(path) as f:
-        content = f.read()
-    section = f"{BEGIN}\n{text}{END}\n"
-    if BEGIN in content and END in content:
-        head, rest = content.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        content = head + section + ("\n" + tail if tail else "")
-    else:
-        content = content.rstrip("\n") + "\n\n" + section
-    with open(path, "w") as f:
-        f.write(content)
-
-
 def main() -> None:
     args = parse_args()
     notes = {run.name: execute(run, args) for run in all_runs(args)}
@@ -329,7 +313,7 @@ def main() -> None:
     with open(args.out, "w") as f:
         f.write(text)
     if args.readme:
-        write_readme(args.readme, text)
+        write_readme(args.readme, text, "cmr_ablation")
     print("\n" + text)
     print(f"Written to {os.path.abspath(args.out)}"
           + (f" and {os.path.abspath(args.readme)}" if args.readme else ""))

@@ -19,7 +19,8 @@ The table gives, per mode, old / new / all mIoU (%) after the last task (old = b
 the first task's classes, new = every later class, the CMR tables' columns) and the CL summary
 of the per-task accuracy matrix (average accuracy, forgetting, backward transfer; undefined
 for joint training, which has a single task). It is written to ``--out`` (default
-``<root>/comparison.md``) and printed.
+``<root>/comparison.md``), printed, and with ``--readme`` put between the markers
+``<!-- compare_methods:begin -->`` / ``<!-- compare_methods:end -->`` of that file.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--override", action="append", default=[], metavar="FIELD=VALUE",
                         help="extra config override for every run, e.g. "
                              "dataset.data_dir=/tmp/data (repeatable)")
+    parser.add_argument("--readme", default=None,
+                        help="also write the table between the compare_methods markers of "
+                             "this file (e.g. README.md)")
     parser.add_argument("--no_share_first_task", dest="share_first_task",
                         action="store_false",
                         help="train the first task in every run instead of reusing "
@@ -174,6 +178,23 @@ def table(mode: str, results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def write_readme(path: str, text: str, marker: str) -> None:
+    """Replaces the section of ``path`` between ``<!-- marker:begin -->`` and
+    ``<!-- marker:end -->`` with ``text`` (appends it with the markers when absent)."""
+    with open(path) as f:
+        content = f.read()
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+    section = f"{begin}\n{text}{end}\n"
+    if begin in content and end in content:
+        head, rest = content.split(begin, 1)
+        tail = rest.split(end, 1)[1].lstrip("\n")
+        content = head + section + ("\n" + tail if tail else "")
+    else:
+        content = content.rstrip("\n") + "\n\n" + section
+    with open(path, "w") as f:
+        f.write(content)
+
+
 def main() -> None:
     args = parse_args()
     sections = []
@@ -191,8 +212,11 @@ def main() -> None:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         f.write(text)
+    if args.readme:
+        write_readme(args.readme, text, "compare_methods")
     print("\n" + text)
-    print(f"Written to {os.path.abspath(args.out)}")
+    print(f"Written to {os.path.abspath(args.out)}"
+          + (f" and {os.path.abspath(args.readme)}" if args.readme else ""))
 
 
 if __name__ == "__main__":
