@@ -60,6 +60,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--readme", default=None,
                         help="also write the table between the compare_methods markers of "
                              "this file (e.g. README.md)")
+    parser.add_argument("--no_run", action="store_true",
+                        help="start no run: tabulate the runs finished so far")
     parser.add_argument("--no_share_first_task", dest="share_first_task",
                         action="store_false",
                         help="train the first task in every run instead of reusing "
@@ -136,6 +138,8 @@ def run_method(method: str, mode: str, args: argparse.Namespace) -> dict[str, An
     if is_finished(metrics):
         print(f"[{mode}] {method}: finished earlier ({workdir})", flush=True)
         return {"metrics": metrics, "note": ""}
+    if args.no_run:
+        return {"metrics": None, "note": "not run"}
     os.makedirs(workdir, exist_ok=True)
     log_path = os.path.join(workdir, "run.log")
     print(f"[{mode}] {method}: running, log in {log_path}", flush=True)
