@@ -35,7 +35,6 @@ import argparse
 import dataclasses
 import json
 import os
-import shlex
 import subprocess
 import sys
 import time
@@ -45,7 +44,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compare_methods import (  # noqa: E402
-    FIRST_TASK_SOURCE, REPO, is_finished, read_metrics, reuses_first_task, write_readme)
+    FIRST_TASK_SOURCE, REPO, is_finished, read_metrics, regenerate_command, reuses_first_task,
+    write_readme)
 
 MODES = ("overlapped", "disjoint")
 TABLE1_METHODS = (("FT", "finetune"), ("LwF", "lwf"), ("MiB", "mib"), ("PLOP", "plop"),
@@ -90,6 +90,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--only", default="",
                         help="comma-separated run names to execute (e.g. overlapped/cmr); the "
                              "tables still show every run finished earlier")
+    parser.add_argument("--no_run", action="store_true",
+                        help="start no run: tabulate the runs finished so far")
     parser.add_argument("--seeds", type=int, default=1, help="seeds per run (mean ± std)")
     parser.add_argument("--ablation_mode", choices=MODES, default="overlapped",
                         help="scenario mode of the Table 3 ablations")
@@ -145,7 +147,7 @@ def execute(run: Run, args: argparse.Namespace) -> str:
     if is_finished(read_metrics(workdir)):
         print(f"{run.name}: finished earlier ({workdir})", flush=True)
         return ""
-    if args.only and run.name not in args.only:
+    if args.no_run or (args.only and run.name not in args.only):
         return "not run"
     source = first_task_source(run, args)
     if source and execute(source, args_without_only(args)):
@@ -284,7 +286,7 @@ def table3_memory(args) -> list[str]:
 
 
 def markdown(args, notes: dict[str, str]) -> str:
-    regenerate = shlex.join(["python", "benchmarks/cmr_ablation.py", *sys.argv[1:]])
+    regenerate = regenerate_command("benchmarks/cmr_ablation.py")
     failed = [f"* `{name}`: {note}" for name, note in notes.items() if note]
     seeds = f"mean ± std over {args.seeds} seeds" if args.seeds > 1 else "seed 0"
     parts = [
