@@ -93,10 +93,10 @@ def task_model_path(workdir: str, task: int) -> str:
 
 def save_task_model(workdir: str, task: int, params, batch_stats) -> None:
     """Writes the learner after task ``task``'s training (atomic; replaces an older copy)."""
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(task_model_path(workdir, task),
-                      {"params": params, "batch_stats": batch_stats}, force=True)
-    checkpointer.wait_until_finished()
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(task_model_path(workdir, task),
+                          {"params": params, "batch_stats": batch_stats}, force=True)
+        checkpointer.wait_until_finished()
 
 
 def load_task_model(workdir: str, task: int, params, batch_stats) -> tuple[Any, Any]:
@@ -111,7 +111,8 @@ def load_task_model(workdir: str, task: int, params, batch_stats) -> tuple[Any, 
     template = {"params": params, "batch_stats": batch_stats}
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
     try:
-        restored = ocp.StandardCheckpointer().restore(path, abstract)
+        with ocp.StandardCheckpointer() as checkpointer:
+            restored = checkpointer.restore(path, abstract)
     except Exception as error:  # structure/shape mismatches and damaged files alike
         raise CorruptCheckpoint(
             f"model {path} cannot be restored into this run's model "
