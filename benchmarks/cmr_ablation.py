@@ -44,8 +44,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compare_methods import (  # noqa: E402
-    FIRST_TASK_SOURCE, REPO, is_finished, read_metrics, regenerate_command, reuses_first_task,
-    write_readme)
+    FIRST_TASK_SOURCE, REPO, is_finished, publish, read_metrics, regenerate_command,
+    reuses_first_task)
 
 MODES = ("overlapped", "disjoint")
 TABLE1_METHODS = (("FT", "finetune"), ("LwF", "lwf"), ("MiB", "mib"), ("PLOP", "plop"),
@@ -310,15 +310,7 @@ def markdown(args, notes: dict[str, str]) -> str:
 def main() -> None:
     args = parse_args()
     notes = {run.name: execute(run, args) for run in all_runs(args)}
-    text = markdown(args, notes)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text)
-    if args.readme:
-        write_readme(args.readme, text, "cmr_ablation")
-    print("\n" + text)
-    print(f"Written to {os.path.abspath(args.out)}"
-          + (f" and {os.path.abspath(args.readme)}" if args.readme else ""))
+    publish(markdown(args, notes), args.out, args.readme, "cmr_ablation")
 
 
 if __name__ == "__main__":

@@ -205,6 +205,19 @@ def write_readme(path: str, text: str, marker: str) -> None:
         f.write(content)
 
 
+def publish(text: str, out: str, readme: str | None, marker: str) -> None:
+    """Writes ``text`` to ``out`` (and, given ``readme``, between its ``marker`` markers) and
+    prints it."""
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        f.write(text)
+    if readme:
+        write_readme(readme, text, marker)
+    print("\n" + text)
+    print(f"Written to {os.path.abspath(out)}"
+          + (f" and {os.path.abspath(readme)}" if readme else ""))
+
+
 def main() -> None:
     args = parse_args()
     sections = []
@@ -219,14 +232,7 @@ def main() -> None:
                "trained first task." if args.share_first_task else "")
             + f"\nRegenerate: `{command}`\n\n"
             + "\n\n".join(sections) + "\n")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text)
-    if args.readme:
-        write_readme(args.readme, text, "compare_methods")
-    print("\n" + text)
-    print(f"Written to {os.path.abspath(args.out)}"
-          + (f" and {os.path.abspath(args.readme)}" if args.readme else ""))
+    publish(text, args.out, args.readme, "compare_methods")
 
 
 if __name__ == "__main__":
