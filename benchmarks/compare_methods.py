@@ -83,7 +83,7 @@ def parse_args() -> argparse.Namespace:
 
 def reuses_first_task(method: str) -> bool:
     """True when ``method`` trains its first task as ``FIRST_TASK_SOURCE`` does."""
-    from jax_cavs import strategies  # jax import, only when runs are started
+    from jax_cavs.problems.cavs import strategies  # jax import, only when runs are started
 
     objective = strategies.strategy_class(FIRST_TASK_SOURCE).first_task_objective
     return (method != FIRST_TASK_SOURCE

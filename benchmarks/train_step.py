@@ -39,11 +39,13 @@ def main() -> None:
     import jax.numpy as jnp
     import numpy as np
 
-    from jax_cavs import config_base, parallel, strategies
-    from jax_cavs import train as train_lib
-    from jax_cavs.experiment import build_optimizer, model_config
-    from jax_cavs.models.avs import build_model
-    from jax_cavs.state import create_state
+    from jax_cavs.problems.cavs import config as config_base
+    from jax_cavs.core import parallel
+    from jax_cavs.problems.cavs import strategies
+    from jax_cavs.core import steps as train_lib
+    from jax_cavs.core.loop import build_optimizer, model_config
+    from jax_cavs.problems.cavs.model import build_model
+    from jax_cavs.core.state import create_state
 
     def make_batch(clips, frames, size, num_classes, rng):
         return {

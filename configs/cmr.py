@@ -18,7 +18,7 @@ Arguments (after ``:``, comma-separated), for the paper's ablations (Table 3):
   python -m jax_cavs.main --config configs/cmr.py:runlocal --workdir /tmp/cmr
 """
 
-from jax_cavs import config_base
+from jax_cavs.problems.cavs import config as config_base
 
 
 def get_config(arg=None):

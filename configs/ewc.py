@@ -13,8 +13,8 @@ Arguments (after ``:``, comma-separated):
   python -m jax_cavs.main --config configs/ewc.py:runlocal --workdir /tmp/ewc
 """
 
-from jax_cavs import config_base
-from jax_cavs.strategies import importance
+from jax_cavs.problems.cavs import config as config_base
+from jax_cavs.cl.strategies import importance
 
 
 def get_config(arg=None):

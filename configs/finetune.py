@@ -4,7 +4,7 @@
   python -m jax_cavs.main --config configs/finetune.py:runlocal --workdir /tmp/ft
 """
 
-from jax_cavs import config_base
+from jax_cavs.problems.cavs import config as config_base
 
 
 def get_config(arg=None):

@@ -10,7 +10,7 @@ is the DECISION of spec §5.3: ``"backbone"`` (ResNet layer4, DeepLab's ``body``
   python -m jax_cavs.main --config configs/ilt.py:runlocal --workdir /tmp/ilt
 """
 
-from jax_cavs import config_base
+from jax_cavs.problems.cavs import config as config_base
 
 
 def get_config(arg=None):

@@ -6,7 +6,7 @@ with the continual methods trained on the same split.
   python -m jax_cavs.main --config configs/joint.py --workdir workdirs/joint
 """
 
-from jax_cavs import config_base
+from jax_cavs.problems.cavs import config as config_base
 
 
 def get_config(arg=None):

@@ -10,7 +10,7 @@ itself stays the one every method of the comparison shares.
   python -m jax_cavs.main --config configs/lwf.py:runlocal --workdir /tmp/lwf
 """
 
-from jax_cavs import config_base
+from jax_cavs.problems.cavs import config as config_base
 
 
 def get_config(arg=None):

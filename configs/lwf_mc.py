@@ -9,7 +9,7 @@ incremental learning rate is ``config_base``'s ``lr_incremental``).
   python -m jax_cavs.main --config configs/lwf_mc.py:runlocal --workdir /tmp/lwf_mc
 """
 
-from jax_cavs import config_base
+from jax_cavs.problems.cavs import config as config_base
 
 
 def get_config(arg=None):

@@ -10,8 +10,8 @@ are not regularised (``exclude``).
   python -m jax_cavs.main --config configs/mas.py:runlocal --workdir /tmp/mas
 """
 
-from jax_cavs import config_base
-from jax_cavs.strategies import importance
+from jax_cavs.problems.cavs import config as config_base
+from jax_cavs.cl.strategies import importance
 
 
 def get_config(arg=None):

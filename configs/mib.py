@@ -10,7 +10,7 @@ incremental steps (0.01 -> 0.001 with SGD on VOC), which ``config_base`` already
   python -m jax_cavs.main --config configs/mib.py:runlocal --workdir /tmp/mib
 """
 
-from jax_cavs import config_base
+from jax_cavs.problems.cavs import config as config_base
 
 
 def get_config(arg=None):

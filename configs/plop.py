@@ -11,7 +11,7 @@ optimiser is the one all methods of the comparison share.
   python -m jax_cavs.main --config configs/plop.py:runlocal --workdir /tmp/plop
 """
 
-from jax_cavs import config_base
+from jax_cavs.problems.cavs import config as config_base
 
 
 def get_config(arg=None):

@@ -15,7 +15,7 @@ Arguments (after ``:``, comma-separated):
   python -m jax_cavs.main --config configs/replay.py:runlocal --workdir /tmp/replay
 """
 
-from jax_cavs import config_base
+from jax_cavs.problems.cavs import config as config_base
 
 
 def get_config(arg=None):

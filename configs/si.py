@@ -10,8 +10,8 @@ regularised (``exclude``; Avalanche SI excludes BatchNorm, FACIL the heads).
   python -m jax_cavs.main --config configs/si.py:runlocal --workdir /tmp/si
 """
 
-from jax_cavs import config_base
-from jax_cavs.strategies import importance
+from jax_cavs.problems.cavs import config as config_base
+from jax_cavs.cl.strategies import importance
 
 
 def get_config(arg=None):

@@ -33,7 +33,8 @@ def main(argv) -> None:
     logging.set_verbosity(logging.WARNING)  # orbax and jax log every step at INFO
     import jax
 
-    from jax_cavs import distributed, experiment  # heavy imports after flag parsing
+    from jax_cavs.core import distributed  # heavy imports after flag parsing
+    from jax_cavs.core import loop as experiment
 
     if not jax.config.jax_compilation_cache_dir:  # re-runs and resumes skip XLA compilation
         jax.config.update("jax_compilation_cache_dir", os.environ.get(

@@ -29,7 +29,8 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from data_pipelines import avsbench_layout, avsbench_object, avsbench_semantic, synth_avs
-from jax_cavs.data import avsbench_classes, scenarios, sources, transforms
+from jax_cavs.data import avsbench_classes, sources, transforms
+from jax_cavs.problems.cavs import scenarios
 
 TINY = synth_avs.SynthAVS.builder_configs['tiny']
 # AVSBench-semantic conventions: T = 10, 5-frame v1 clips, v1s train annotated in frame 0 only.

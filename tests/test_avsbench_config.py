@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from data_pipelines import avsbench_layout, synth_avs
-from jax_cavs import config_base
+from jax_cavs.problems.cavs import config as config_base
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

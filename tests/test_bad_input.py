@@ -19,9 +19,9 @@ import numpy as np
 import optax
 import pytest
 
-from jax_cavs import checkpoint as ckpt_lib
-from jax_cavs import experiment
-from jax_cavs.state import create_state
+from jax_cavs.core import checkpoint as ckpt_lib
+from jax_cavs.core import loop as experiment
+from jax_cavs.core.state import create_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -95,7 +95,7 @@ def test_nonfinite_guard_names_step_task_and_term():
 
 
 def test_config_mismatch_lists_the_fields(tmp_path):
-    from jax_cavs import config_base
+    from jax_cavs.problems.cavs import config as config_base
 
     config = config_base.base_config("finetune", config_base.parse_arg("runlocal", runlocal=False))
     experiment.write_json_atomic(str(tmp_path / "config.json"), json.loads(config.to_json()))

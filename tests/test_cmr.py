@@ -42,8 +42,9 @@ from absl.testing import absltest
 from data_pipelines.synth_avs_config import SynthAVSConfig
 from data_pipelines.synth_avs_scenes import (FULL_CONSISTENCY_SNR_DB, ZERO_CONSISTENCY_SNR_DB,
                                              SynthAVSGenerator)
-from jax_cavs.memory import collision, mss
-from jax_cavs.memory.buffer import ReplayMemory
+from jax_cavs.problems.cavs import collision
+from jax_cavs.problems.cavs import mss
+from jax_cavs.core.memory import ReplayMemory
 
 RTOL_F32 = 1e-6
 RTOL_F64 = 1e-12
@@ -412,7 +413,7 @@ def test_csr_ranks_a_planted_confusion_first(plans):
 class StrategyTest(absltest.TestCase):
 
     def test_invalid_fields_name_the_config_field(self):
-        from jax_cavs.strategies.cmr import CMR
+        from jax_cavs.problems.cavs.strategies.cmr import CMR
         for field, value in (("selection", "best"), ("significance", "median"),
                              ("collision_unit", "clip"), ("score_classes", "all"),
                              ("memory_pseudo_labels", "old"), ("twin_loss", "kd"),
@@ -423,7 +424,7 @@ class StrategyTest(absltest.TestCase):
             CMR(memory_per_class=0)
 
     def test_capacity_and_replay_slots(self):
-        from jax_cavs.strategies.cmr import CMR
+        from jax_cavs.problems.cavs.strategies.cmr import CMR
         strategy = CMR(memory_per_class=3)
         self.assertEqual(strategy.memory_capacity(17), 48)        # k x (K - 1)
         extras = strategy.init_extras(17)
@@ -433,7 +434,7 @@ class StrategyTest(absltest.TestCase):
 
     def test_replay_is_the_memory_plus_the_draw_with_duplicates(self):
         import types
-        from jax_cavs.strategies.cmr import CMR
+        from jax_cavs.problems.cavs.strategies.cmr import CMR
         memory = ReplayMemory.empty(6, 4).add([7, 9, 7], [1, 2, 3])
         draw = np.array([9, 9, 7, -1], np.int32)
         state = types.SimpleNamespace(memory=memory, extras={"csr_replay": draw})
@@ -444,8 +445,8 @@ class StrategyTest(absltest.TestCase):
         true labels hold class 1 and background. PLOP relabels y == 0 of both clips by
         default; with "none" the replayed clip keeps its labels and κ = 1."""
         import types
-        from jax_cavs.strategies.base import Outputs
-        from jax_cavs.strategies.cmr import CMR
+        from jax_cavs.core.strategy import Outputs
+        from jax_cavs.problems.cavs.strategies.cmr import CMR
         labels = np.array([[[[0, 2], [0, 0]]], [[[1, 0], [0, 2]]]], np.int32)  # [2, 1, 2, 2]
         logits = np.zeros((2, 1, 2, 2, 3), np.float32)
         logits[..., 1] = 20.0
@@ -463,7 +464,7 @@ class StrategyTest(absltest.TestCase):
         chex.assert_trees_all_close(np.asarray(kappa)[1], np.ones(1, np.float32))
 
     def test_collision_record_shape(self):
-        from jax_cavs.strategies.cmr import collision_record
+        from jax_cavs.problems.cavs.strategies.cmr import collision_record
         stats = collision.collision_statistics(PER_FRAME, OLD)
         record = collision_record(3, stats, PAIRS, {1: np.array([5, 6]), 2: np.array([8])},
                                   np.array([1, 1, 2]), np.array([5, 5, 8]), 3, unit="video")
@@ -493,7 +494,7 @@ def test_config_arguments():
     assert (ablation.strategy.selection, ablation.strategy.csr,
             ablation.strategy.memory_per_class, ablation.strategy.visual_model,
             ablation.dataset.config) == ("random", False, 3, "zero_audio", "tiny")
-    from jax_cavs.strategies import get_strategy
+    from jax_cavs.problems.cavs.strategies import get_strategy
     hparams = {k: v for k, v in default.strategy.items() if k != "name"}
     assert get_strategy("cmr", hparams).selection == "mss"
 

@@ -17,8 +17,9 @@ import jax
 import numpy as np
 import pytest
 
-from jax_cavs import checkpoint as ckpt_lib
-from jax_cavs import experiment, strategies
+from jax_cavs.core import checkpoint as ckpt_lib
+from jax_cavs.core import loop as experiment
+from jax_cavs.problems.cavs import strategies
 
 pytestmark = pytest.mark.slow
 

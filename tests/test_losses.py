@@ -17,7 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest
 
-from jax_cavs.losses import distillation, reduce, segmentation
+from jax_cavs.cl import distillation
+from jax_cavs.cl import reduce
+from jax_cavs.problems.cavs.losses import segmentation
 
 RTOL, ATOL = 1e-5, 1e-6
 K, C_OLD, K_T = 6, 3, 5  # classes 0..2 old (incl. bg), 3..4 current, 5 unseen

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest
 
-from jax_cavs.metrics import continual, segmentation
+from jax_cavs.cl import metrics as continual
+from jax_cavs.problems.cavs import metrics as segmentation
 
 RTOL = 1e-6
 LABEL_A = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 255, 255], [0, 0, 0, 0]], np.int32)

@@ -18,7 +18,7 @@ import pytest
 
 from jax_cavs.models import torch_names
 from jax_cavs.models.audio.vggish import VGGish, torchvggish_key_to_flax_path
-from jax_cavs.models.avs import AVSModel, build_model
+from jax_cavs.problems.cavs.model import AVSModel, build_model
 from jax_cavs.models.backbones.resnet import ResNet, torchvision_key_to_flax_path
 from jax_cavs.models.heads.upsample import resize_bilinear_align_corners, upsample2x_half_pixel
 

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jax_cavs import distributed
+from jax_cavs.core import distributed
 from test_parallel import (METRICS_ATOL, REPO, RUNLOCAL, assert_metrics_close, finish,
                            load_metrics, start_main, subprocess_env)
 
@@ -78,7 +78,7 @@ def two_process_probe(process_id: int, port: int, out_dir: str) -> None:
     import jax
     import numpy as np
 
-    from jax_cavs import parallel
+    from jax_cavs.core import parallel
 
     config = ml_collections.ConfigDict({"parallel": parallel_config(
         coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=process_id)})

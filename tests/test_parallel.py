@@ -28,12 +28,14 @@ import numpy as np
 import pytest
 from jax.sharding import AbstractMesh, Mesh, PartitionSpec as P
 
-from jax_cavs import config_base, parallel, strategies
-from jax_cavs import train as train_lib
-from jax_cavs.experiment import build_optimizer, model_config
-from jax_cavs.models.avs import build_model
+from jax_cavs.problems.cavs import config as config_base
+from jax_cavs.core import parallel
+from jax_cavs.problems.cavs import strategies
+from jax_cavs.core import steps as train_lib
+from jax_cavs.core.loop import build_optimizer, model_config
+from jax_cavs.problems.cavs.model import build_model
 from jax_cavs.models.backbones.resnet import ResNet
-from jax_cavs.state import create_state
+from jax_cavs.core.state import create_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.dirname(os.path.abspath(__file__))

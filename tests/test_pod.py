@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest
 
-from jax_cavs.losses import pod
+from jax_cavs.problems.cavs.losses import pod
 
 RTOL = 1e-5
 K, C_OLD, K_T = 6, 3, 5  # old {0,1,2}, current {3,4}, unseen {5}

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest
 
-from jax_cavs.losses import pseudo_labels
+from jax_cavs.problems.cavs.losses import pseudo_labels
 
 K, C_OLD, K_T = 6, 3, 5
 SEEN = np.array([1, 1, 1, 1, 1, 0], bool)

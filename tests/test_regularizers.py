@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest
 
-from jax_cavs import regularizers
+from jax_cavs.cl import regularizers
 
 RTOL = 1e-6
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jax_cavs import report
+from jax_cavs.core import report
 
 GROUPS = [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
 NAMES = ["background", "dog", "cat", "guitar", "piano", "car", "bell", "drum", "baby", "horse"]
@@ -211,7 +211,7 @@ def test_command_line_rerender_keeps_names_and_overlays(cmr_workdir):
     report.write_report(cmr_workdir, class_names=NAMES, overlays=_overlays())
     first = _report_files(cmr_workdir)
     os.remove(os.path.join(cmr_workdir, "memory", "collisions_2.json"))
-    subprocess.run([sys.executable, "-m", "jax_cavs.report", cmr_workdir], check=True,
+    subprocess.run([sys.executable, "-m", "jax_cavs.core.report", cmr_workdir], check=True,
                    capture_output=True)
     second = _report_files(cmr_workdir)
     assert "collisions_2.png" not in second

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from jax_cavs import checkpoint as ckpt_lib
+from jax_cavs.core import checkpoint as ckpt_lib
 
 pytestmark = pytest.mark.slow
 

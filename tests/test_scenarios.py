@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jax_cavs.data import scenarios
+from jax_cavs.problems.cavs import scenarios
 
 # 8 foreground classes (K = 9 outputs). Two obvious communities {1,2,3,4} and {5,6,7,8},
 # with one weak cross edge (4-5) appearing once.

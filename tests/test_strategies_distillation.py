@@ -25,10 +25,11 @@ import numpy as np
 import optax
 from absl.testing import absltest
 
-from jax_cavs import strategies
-from jax_cavs.losses import pseudo_labels
-from jax_cavs.state import create_state
-from jax_cavs.strategies import base, plop
+from jax_cavs.problems.cavs import strategies
+from jax_cavs.problems.cavs.losses import pseudo_labels
+from jax_cavs.core.state import create_state
+from jax_cavs.core import strategy as base
+from jax_cavs.problems.cavs.strategies import plop
 
 RTOL, ATOL = 1e-5, 1e-6
 K, C_OLD, K_T = 6, 3, 5

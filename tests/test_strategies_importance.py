@@ -25,14 +25,14 @@ import numpy as np
 import optax
 from absl.testing import absltest, parameterized
 
-from jax_cavs import train as train_lib
-from jax_cavs.memory import selection
-from jax_cavs.state import create_state
-from jax_cavs.strategies import base
-from jax_cavs.strategies.ewc import EWC
-from jax_cavs.strategies.mas import MAS
-from jax_cavs.strategies.replay import Replay
-from jax_cavs.strategies.si import SI
+from jax_cavs.core import steps as train_lib
+from jax_cavs.cl import selection
+from jax_cavs.core.state import create_state
+from jax_cavs.core import strategy as base
+from jax_cavs.cl.strategies.ewc import EWC
+from jax_cavs.cl.strategies.mas import MAS
+from jax_cavs.cl.strategies.replay import Replay
+from jax_cavs.cl.strategies.si import SI
 
 NUM_CLASSES = 4
 HIDDEN = 3

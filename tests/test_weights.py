@@ -31,7 +31,7 @@ from safetensors.numpy import save_file as save_numpy_safetensors
 
 from jax_cavs.models import weights
 from jax_cavs.models.audio.vggish import VGGish
-from jax_cavs.models.avs import AVSModel
+from jax_cavs.problems.cavs.model import AVSModel
 from jax_cavs.models.backbones.resnet import ResNet, torchvision_key_to_flax_path
 
 try:

@@ -1,0 +1,203 @@
+"""Which videos of a task enter the replay memory: a fixed budget per new class.
+
+After task t, for every class c learned in t, up to ``per_class`` training videos of the task
+whose (current-task) ground truth contains c are stored (``ReplayMemory.add``; a video picked
+for several classes is stored once with all the tags). Two rules:
+
+* ``random``: a uniform draw without replacement from the class's videos, seeded by the
+  caller's ``np.random.Generator`` (the task context's, derived from the config seed and the
+  task, so a resumed run draws the same videos).
+* ``herding``: iCaRL's herding (Rebuffi et al. 2017, Alg. 4), as FACIL codes it
+  [mmasana/FACIL src/datasets/exemplars_selection.py HerdingExemplarsSelector]: features are
+  L2-normalised, μ is their mean, and the k-th pick is the video minimising
+  ‖μ − (φ + Σ_{j<k} φ_{p_j}) / k‖, so the running mean of the picks tracks the class mean.
+
+Feature of a video for class c (herding; DECISION): the model's last feature map before the
+classifier, the decoder output D1 (``features["decoder"]``, [N·T, H/2, W/2, C], the analogue of
+iCaRL's penultimate layer), averaged over the pixels of class c in the video's annotated
+frames. Labels are brought to D1's resolution by average-pooling their one-hot encoding, so a
+boundary pixel counts fractionally. The pass is jit'd and eval-mode (``class_statistics``).
+
+Class membership is read from the labels the pipeline decodes for the current task (current
+classes kept, everything else background, unannotated frames 255): a video belongs to class c
+when one annotated pixel is labelled c.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+
+from jax_cavs.core import steps as train_lib
+
+SELECTIONS = ("random", "herding")
+_FEATURE = "decoder"
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipStatistics:
+    """Per-video class statistics of one task's training videos (host arrays).
+
+    Attributes:
+      ids: int64 [n] record indices, in the order of the task's training indices.
+      pixels: float32 [n, K] annotated pixels of each class (membership: > 0).
+      features: float32 [n, K, C] mean feature of each class's pixels (0 where absent), or
+        None when only membership was computed.
+    """
+
+    ids: np.ndarray
+    pixels: np.ndarray
+    features: np.ndarray | None = None
+
+    def members(self, c: int) -> np.ndarray:
+        """Row numbers of the videos containing class ``c``."""
+        return np.flatnonzero(self.pixels[:, c] > 0)
+
+
+# ----------------------------------------------------------------------------------------
+# Device passes.
+
+
+def class_pixels(labels: jnp.ndarray, num_classes: int) -> jnp.ndarray:
+    """float32 [N, K]: pixels of each class per clip; labels int [N, T, H, W] (255 ignored)."""
+    return jnp.sum(jax.nn.one_hot(labels, num_classes, dtype=jnp.float32), axis=(1, 2, 3))
+
+
+def class_feature_sums(features: jnp.ndarray, labels: jnp.ndarray, num_classes: int
+                       ) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Per clip and class, the label-weighted sum of a feature map and the total weight.
+
+    Args:
+      features: float [N·T, h, w, C], a feature map at a resolution dividing the labels'.
+      labels: int [N, T, H, W] (255 and out-of-range labels weigh 0).
+      num_classes: K.
+
+    Returns:
+      (sums float32 [N, K, C], weights float32 [N, K]); the weights are the one-hot labels
+      average-pooled to h x w, summed over the clip's frames.
+    """
+    n, t, height, width = labels.shape
+    h, w = features.shape[1:3]
+    if height % h or width % w:
+        raise ValueError(f"feature map {h}x{w} does not divide the label map {height}x{width}.")
+    one_hot = jax.nn.one_hot(labels.reshape(n * t, height, width), num_classes,
+                             dtype=jnp.float32)
+    pooled = one_hot.reshape(n * t, h, height // h, w, width // w, num_classes).mean((2, 4))
+    sums = jnp.einsum("bhwk,bhwc->bkc", pooled, features.astype(jnp.float32))
+    weights = jnp.sum(pooled, axis=(1, 2))
+    return (sums.reshape(n, t, num_classes, -1).sum(1),
+            weights.reshape(n, t, num_classes).sum(1))
+
+
+@functools.lru_cache(maxsize=None)
+def _statistics_fn(model, num_classes: int, with_features: bool):
+    """jit'd ``(params, batch_stats, batch) -> dict`` of per-clip statistics."""
+
+    def statistics(params, batch_stats, batch):
+        out = {"ids": batch["index"], "valid": batch["valid"],
+               "pixels": class_pixels(batch["labels"], num_classes)}
+        if with_features:
+            outputs, _ = train_lib.forward(model, params, batch_stats, batch, train=False)
+            sums, weights = class_feature_sums(outputs.features[_FEATURE], batch["labels"],
+                                               num_classes)
+            out.update(feature_sums=sums, feature_weights=weights)
+        return out
+
+    return jax.jit(statistics)
+
+
+def class_statistics(ctx, state, num_classes: int, *, with_features: bool) -> ClipStatistics:
+    """One eval-mode pass over the task's training videos (``ctx.batches``, current labels).
+
+    Results are gathered to every host (``process_allgather``) so all processes select the
+    same videos. Padding clips are dropped.
+    """
+    fn = _statistics_fn(ctx.model, num_classes, with_features)
+    parts = []
+    for host_batch in ctx.batches(ctx.train_indices, labels="current"):
+        out = fn(state.params, state.batch_stats, ctx.device_batch(host_batch))
+        parts.append({k: np.asarray(multihost_utils.process_allgather(v, tiled=True))
+                      for k, v in out.items()})
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    keep = merged["valid"] > 0
+    features = None
+    if with_features:
+        weights = merged["feature_weights"][keep][..., None]
+        features = np.where(weights > 0, merged["feature_sums"][keep]
+                            / np.where(weights > 0, weights, 1.0), 0.0).astype(np.float32)
+    return ClipStatistics(ids=merged["ids"][keep].astype(np.int64),
+                          pixels=merged["pixels"][keep].astype(np.float32), features=features)
+
+
+# ----------------------------------------------------------------------------------------
+# Host-side selection rules.
+
+
+def random_selection(stats: ClipStatistics, classes: Sequence[int], per_class: int,
+                     rng: np.random.Generator) -> dict[int, np.ndarray]:
+    """{class: record ids}, up to ``per_class`` videos of each class drawn uniformly."""
+    chosen = {}
+    for c in classes:
+        rows = stats.members(c)
+        chosen[c] = stats.ids[rng.choice(rows, size=min(per_class, rows.size), replace=False)]
+    return chosen
+
+
+def herding_order(features: np.ndarray, count: int) -> np.ndarray:
+    """The first ``count`` herding picks (row indices) of features [n, C] (iCaRL, FACIL).
+
+    Features are L2-normalised; μ = their mean; pick k minimises ‖μ − (φ + S_{k−1}) / k‖ over
+    the rows not picked yet, S_{k−1} the sum of the previous picks' features.
+    """
+    features = np.asarray(features, np.float64)
+    if features.shape[0] == 0:
+        return np.zeros((0,), np.int64)
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    features = features / np.where(norms > 0, norms, 1.0)
+    mean = features.mean(axis=0)
+    picked: list[int] = []
+    running_sum = np.zeros_like(mean)
+    available = np.ones(features.shape[0], bool)
+    for k in range(1, min(count, features.shape[0]) + 1):
+        distances = np.linalg.norm(mean - (features + running_sum) / k, axis=1)
+        distances[~available] = np.inf
+        best = int(np.argmin(distances))
+        picked.append(best)
+        available[best] = False
+        running_sum += features[best]
+    return np.asarray(picked, np.int64)
+
+
+def herding_selection(stats: ClipStatistics, classes: Sequence[int], per_class: int
+                      ) -> dict[int, np.ndarray]:
+    """{class: record ids}, each class's first ``per_class`` herding picks, in pick order."""
+    if stats.features is None:
+        raise ValueError("herding needs per-class features (class_statistics(with_features=True)).")
+    chosen = {}
+    for c in classes:
+        rows = stats.members(c)
+        chosen[c] = stats.ids[rows[herding_order(stats.features[rows, c], per_class)]]
+    return chosen
+
+
+def select(rule: str, stats: ClipStatistics, classes: Sequence[int], per_class: int,
+           rng: np.random.Generator) -> dict[int, np.ndarray]:
+    """Dispatches to ``random_selection`` or ``herding_selection``."""
+    if rule == "random":
+        return random_selection(stats, classes, per_class, rng)
+    if rule == "herding":
+        return herding_selection(stats, classes, per_class)
+    raise ValueError(f"selection rule {rule!r} is not one of {SELECTIONS}.")
+
+
+def flatten(chosen: Mapping[int, np.ndarray]) -> tuple[list[int], list[int]]:
+    """(ids, classes) lists for ``ReplayMemory.add`` from {class: ids}."""
+    ids = [int(i) for c in sorted(chosen) for i in chosen[c]]
+    classes = [int(c) for c in sorted(chosen) for _ in chosen[c]]
+    return ids, classes

@@ -1,0 +1,121 @@
+"""Atomic orbax checkpoints of the whole truth of a run.
+
+A checkpoint holds three items, written together by one ``CheckpointManager.save`` (orbax
+writes into a temporary directory and renames it when complete, so a killed run never leaves
+a half-written checkpoint that would be picked up):
+
+* ``state``: the ``ContinualState`` pytree (learner, teacher, importance, replay memory, masks);
+* ``meta``: JSON with the run position (task, step within the task, whether the task's training
+  is finished) and the results so far (accuracy matrix, per-task metrics);
+* ``data``: JSON with the grain iterator state of the task stream in progress (or ``{}``).
+
+Beside the rolling checkpoints, the learner at the end of every task's training is kept under
+``workdir/models/task_<t>`` (params and BatchNorm statistics only, ``save_task_model``): the
+models a user evaluates or deploys later, and the trained first task that other runs reuse
+(``config.first_task_from``, MiB/PLOP's ``--step_ckpt``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from jax_cavs.core.state import ContinualState
+
+
+class CorruptCheckpoint(ValueError):
+    """A checkpoint on disk is damaged or does not match the run's state structure."""
+
+
+class Checkpointer:
+    """Saves and restores ``(state, meta, data)`` under ``workdir/checkpoints``."""
+
+    def __init__(self, workdir: str, max_to_keep: int = 2):
+        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                                 enable_async_checkpointing=False))
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, state: ContinualState, meta: dict[str, Any],
+             data: dict[str, Any] | None = None) -> None:
+        self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            meta=ocp.args.JsonSave(meta),
+            data=ocp.args.JsonSave(data or {})), force=True)
+        self._manager.wait_until_finished()
+        print(f"[jax_cavs] saved checkpoint {step} (task {meta.get('task')}, "
+              f"{meta.get('phase')}, step {meta.get('step')})", file=sys.stderr, flush=True)
+
+    def restore(self, template: ContinualState, step: int | None = None
+                ) -> tuple[ContinualState, dict[str, Any], dict[str, Any]]:
+        """Restores the latest (or given) checkpoint into the structure of ``template``."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint under {self.directory}")
+        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract),
+                meta=ocp.args.JsonRestore(),
+                data=ocp.args.JsonRestore()))
+        except Exception as error:  # orbax/tensorstore raise many types for damaged files
+            path = os.path.join(self.directory, str(step))
+            raise CorruptCheckpoint(
+                f"checkpoint {path} cannot be restored ({type(error).__name__}: {error}). "
+                f"Delete {path} to resume from the previous checkpoint, or start a fresh "
+                f"--workdir.") from error
+        return restored.state, dict(restored.meta), dict(restored.data or {})
+
+    def restore_raw(self, step: int | None = None) -> dict[str, Any]:
+        """The latest (or given) checkpoint as plain nested dicts of arrays (no template),
+        for inspection and tools."""
+        step = self.latest_step() if step is None else step
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore(),
+            data=ocp.args.JsonRestore()))
+        return {"state": restored.state, "meta": restored.meta, "data": restored.data}
+
+    def close(self) -> None:
+        self._manager.close()
+
+
+def task_model_path(workdir: str, task: int) -> str:
+    return os.path.join(os.path.abspath(workdir), "models", f"task_{task}")
+
+
+def save_task_model(workdir: str, task: int, params, batch_stats) -> None:
+    """Writes the learner after task ``task``'s training (atomic; replaces an older copy)."""
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(task_model_path(workdir, task),
+                          {"params": params, "batch_stats": batch_stats}, force=True)
+        checkpointer.wait_until_finished()
+
+
+def load_task_model(workdir: str, task: int, params, batch_stats) -> tuple[Any, Any]:
+    """(params, batch_stats) saved by ``save_task_model``, restored into the structure,
+    shapes and shardings of the given ones; a missing or mismatching model is named."""
+    path = task_model_path(workdir, task)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(
+            f"{path} does not exist: the run in {workdir} has not finished training task "
+            f"{task} (or predates per-task models). Finish that run first, or clear "
+            f"config.first_task_from.")
+    template = {"params": params, "batch_stats": batch_stats}
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            restored = checkpointer.restore(path, abstract)
+    except Exception as error:  # structure/shape mismatches and damaged files alike
+        raise CorruptCheckpoint(
+            f"model {path} cannot be restored into this run's model "
+            f"({type(error).__name__}: {error}); the two runs must use the same model "
+            f"config.") from error
+    return restored["params"], restored["batch_stats"]

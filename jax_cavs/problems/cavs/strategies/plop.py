@@ -1,0 +1,209 @@
+"""PLOP, Pseudo-label and LOcal POD (Douillard et al., CVPR 2021), spec_cavs §5.6 and §6.1.
+
+``--method PLOP`` of the reference code [PLOP:argparser.py]: ``pod = "local"``, ``pod_factor =
+0.01``, ``pod_logits = True`` with the logits entry weighted 0.0005 (``extra_channels =
+"sum"``), ``pseudo = "entropy"`` with ``threshold = 0.001``, ``classif_adaptive_factor =
+True``, ``init_balanced = True``; the criterion is plain CE (no UNCE, no output KD). On task
+t ≥ 1::
+
+    before training   thresholds[c] = median_thresholds(histogram of the old model's
+                      normalised entropy on background pixels of the task data, per pseudo-class)
+    every step        y' = y with background pixels relabelled by the old model's argmax where
+                      its entropy < thresholds[argmax], and 255 where not
+                      κ_f = #(confident background) / #background           per frame f
+                      L = mean_pix(κ · CE_seen(z, y')) + POD(old features, new features)
+
+The pieces are methods so that CMR (PLOP's loss + MSS memory + CSR) subclasses this strategy:
+``begin_task`` (teacher snapshot + ``mib.init_balanced_classifier``), ``prepare_task``
+(``entropy_thresholds`` on ``ctx.train_indices`` only: the spec §6.1 DECISION keeps replayed
+clips out of the statistics), ``relabel_background``, ``classification_loss``,
+``pod_distillation``.
+
+Replay: a replayed clip (``batch["is_memory"]``) carries its true labels restricted to the seen
+classes, so its background mask is ``y == 0`` rather than PLOP's ``y < C_o``: pseudo-labels
+never overwrite its true old labels (``losses.pseudo_labels.background_mask``, spec §6.1).
+
+Mapping of POD to the AVS model (spec §5.6(b) DECISIONs; the choice of map is a field):
+
+* stage entries: the 4 ResNet stage outputs ``features["backbone"]``. They are post-ReLU
+  (PLOP distils pre-activation block outputs, which ``AVSModel`` does not expose);
+* ``pod_pre_logits``: ``"decoder"`` (default) distils D1, the last fused map before the output
+  head, like PLOP's DeepLab head output; ``"neck"`` distils the deepest TPAVI-fused map F_3;
+* logits entry: ``features["logits_small"]``, the model's 2x2 average of the logits (H/2),
+  standing for PLOP's logits before upsampling;
+* small maps: scales larger than a map's width are dropped for that map (``pod_loss``'s
+  ``fit_scales``): the AVS model's stage-4 map is 7 px at 224 (all of 1, 2, 4 apply, as in
+  PLOP) but 1-2 px at the 32-64 px of SynthAVS, where PLOP's code would average empty regions;
+* the mean over the batch runs over the annotated frames of real clips (padded frames weigh 0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_cavs.core import parallel
+from jax_cavs.problems.cavs.losses import pod
+from jax_cavs.problems.cavs.losses import pseudo_labels
+from jax_cavs.cl import reduce
+from jax_cavs.problems.cavs.losses import segmentation
+from jax_cavs.core import strategy as base
+from jax_cavs.problems.cavs.strategies.mib import begin_balanced
+
+# The map distilled as PLOP's "pre_logits" entry (``AVSModel`` features, [N*T, h, w, c]).
+PRE_LOGITS_FEATURES = {
+    "decoder": lambda features: features["decoder"],
+    "neck": lambda features: features["neck"][-1],
+}
+INT32_MAX = int(np.iinfo(np.int32).max)
+
+
+@jax.jit
+def _add_to_histogram(histogram, old_logits, batch, old, seen):
+    """One batch of ``entropy_histogram`` (``losses.pseudo_labels.update_histogram``)."""
+    return pseudo_labels.update_histogram(histogram, batch["labels"], old_logits, old, seen,
+                                          pixel_mask=base.pixel_weights(batch))
+
+
+def entropy_histogram(batches: Iterable[base.Batch], forward: Callable[..., base.Outputs],
+                      params, batch_stats, device_batch: Callable[[base.Batch], base.Batch],
+                      old, seen, capacity: int = INT32_MAX) -> np.ndarray:
+    """PLOP's ``find_median`` statistics: the old model's entropy histogram over a task's data.
+
+    For every pixel with label 0 on an annotated frame of a real clip, the old model's
+    normalised entropy is counted in bin ``min(trunc(100 u), 99)`` of its pseudo-class's row.
+    Batches are accumulated on device in int32 and flushed into an int64 host array before a
+    chunk could hold more than ``capacity`` pixels, so no bin overflows (AVSBench-scale tasks
+    count ~10^9 pixels) and the loop syncs with the host only once per chunk.
+
+    Args:
+      batches: host batches with ``labels`` int32 [B, T, H, W], ``label_mask`` [B, T],
+        ``valid`` [B] (``ctx.batches(...)``).
+      forward: ``(params, batch_stats, host batch) -> Outputs`` (``ctx.forward``).
+      params, batch_stats: the old model.
+      device_batch: host batch -> device arrays (``ctx.device_batch``).
+      old, seen: bool [K] masks of the task.
+      capacity: most pixels per device chunk (int32 range).
+
+    Returns:
+      int64 numpy [K, 100].
+    """
+    old, seen = jnp.asarray(old), jnp.asarray(seen)
+    shape = (old.shape[0], pseudo_labels.NUM_BINS)
+    total, chunk, in_chunk = np.zeros(shape, np.int64), jnp.zeros(shape, jnp.int32), 0
+    for batch in batches:
+        logits = forward(params, batch_stats, batch).logits
+        labels = device_batch({k: batch[k] for k in ("labels", "label_mask", "valid")})
+        pixels = int(labels["labels"].size)
+        if in_chunk + pixels > capacity:
+            total += parallel.to_host(chunk).astype(np.int64)
+            chunk, in_chunk = jnp.zeros(shape, jnp.int32), 0
+        chunk = _add_to_histogram(chunk, logits, labels, old, seen)
+        in_chunk += pixels
+    return total + parallel.to_host(chunk).astype(np.int64)
+
+
+@base.register
+@dataclasses.dataclass(frozen=True)
+class PLOP(base.Strategy):
+    """PLOP hyper-parameters (defaults: the reference ``--method PLOP``).
+
+    Attributes:
+      pod_factor: λ of the feature entries of Local POD (0.01).
+      pod_logits_factor: λ of the logits entry (0.0005, the "after" switch factor).
+      pod_scales: Local POD grid sizes (1, 2, 4).
+      pod_schedule: multiply POD by sqrt(K_t / |C_t|) (``use_pod_schedule``).
+      pod_pre_logits: DECISION, the map standing for PLOP's "pre_logits", a key of
+        ``PRE_LOGITS_FEATURES``.
+      pseudo_threshold: floor of the per-class entropy thresholds (0.001).
+      adaptive_factor: scale each frame's CE by its share of confident background pixels
+        (``classif_adaptive_factor``).
+      init_balanced: MiB's balanced initialisation of the new classes at each task t ≥ 1.
+    """
+
+    name = "plop"
+    uses_teacher = True
+
+    pod_factor: float = 0.01
+    pod_logits_factor: float = 0.0005
+    pod_scales: tuple[int, ...] = (1, 2, 4)
+    pod_schedule: bool = True
+    pod_pre_logits: str = "decoder"
+    pseudo_threshold: float = pseudo_labels.BASE_THRESHOLD
+    adaptive_factor: bool = True
+    init_balanced: bool = True
+
+    def __post_init__(self):
+        if self.pod_pre_logits not in PRE_LOGITS_FEATURES:
+            raise ValueError(f"config field strategy.pod_pre_logits={self.pod_pre_logits!r} "
+                             f"is not a known map; valid: {sorted(PRE_LOGITS_FEATURES)}.")
+        scales = tuple(int(s) for s in self.pod_scales)
+        if not scales or min(scales) < 1:
+            raise ValueError(f"config field strategy.pod_scales={self.pod_scales!r} must be "
+                             f"a non-empty list of positive grid sizes, e.g. (1, 2, 4).")
+        object.__setattr__(self, "pod_scales", scales)  # hashable even if given as a list
+
+    def init_extras(self, num_classes):
+        return {"thresholds": jnp.full((num_classes,), self.pseudo_threshold, jnp.float32)}
+
+    def begin_task(self, state, task):
+        return begin_balanced(super().begin_task(state, task), task, self.init_balanced)
+
+    def prepare_task(self, state, ctx):
+        if ctx.task.index == 0:
+            return state
+        thresholds = self.entropy_thresholds(state, ctx)
+        return state.replace(extras={**state.extras, "thresholds": jnp.asarray(thresholds)})
+
+    def entropy_thresholds(self, state, ctx) -> np.ndarray:
+        """float32 [K] per-class thresholds from the old model on the current task's videos
+        (labels of the current classes only, memory excluded): ``find_median``."""
+        histogram = entropy_histogram(
+            ctx.batches(ctx.train_indices, labels="current"), ctx.forward, state.old_params,
+            state.old_batch_stats, ctx.device_batch, state.old, state.seen)
+        return pseudo_labels.median_thresholds(histogram, self.pseudo_threshold)
+
+    # -- inside jit ---------------------------------------------------------------------
+    def loss(self, state, batch, student, teacher, rng):
+        ce = self.classification_loss(state, batch, student, teacher)
+        distance = self.pod_distillation(state, batch, student, teacher)
+        return ce + distance, {"ce": ce, "pod": distance}
+
+    def relabel_background(self, state, batch, teacher):
+        """(labels int32 [N, T, H, W], κ float32 [N, T]): the task labels with background
+        relabelled from the teacher and the adaptive factor; unchanged labels and κ = 1 on
+        task 0 (and κ = 1 without ``adaptive_factor``)."""
+        labels, kappa = pseudo_labels.apply_pseudo_labels(
+            batch["labels"], teacher.logits, state.extras["thresholds"], state.old,
+            state.seen, batch["is_memory"])
+        active = state.task > 0
+        labels = jnp.where(active, labels, batch["labels"])
+        kappa = jnp.where(active & self.adaptive_factor, kappa, 1.0)
+        return labels, kappa
+
+    def classification_loss(self, state, batch, student, teacher):
+        """``mean_pix(κ · CE_seen(z, y'))`` over the annotated frames (float32 scalar)."""
+        labels, kappa = self.relabel_background(state, batch, teacher)
+        ce = segmentation.masked_cross_entropy(student.logits, labels, state.seen)
+        return reduce.masked_mean(ce * kappa[..., None, None], base.pixel_weights(batch))
+
+    def pod_distillation(self, state, batch, student, teacher):
+        """Local POD over the 4 stages, the pre-logits map and the small logits; 0 on task 0."""
+        select = PRE_LOGITS_FEATURES[self.pod_pre_logits]
+
+        def maps(features):
+            return (*features["backbone"], select(features))
+
+        distance = pod.pod_loss(
+            maps(teacher.features), maps(student.features),
+            old_logits=teacher.features["logits_small"],
+            new_logits=student.features["logits_small"], old=state.old,
+            current=state.current, seen=state.seen, feature_weight=self.pod_factor,
+            logits_weight=self.pod_logits_factor, scales=self.pod_scales,
+            use_schedule=self.pod_schedule, fit_scales=True,
+            sample_weights=base.pixel_weights(batch).reshape(-1))
+        return jnp.where(state.task > 0, distance, 0.0)
