@@ -8,7 +8,7 @@ is an error. Without ``--workdir`` the run writes to ``workdirs/<strategy>``.
 
 Multi-process runs (several hosts, or one process per GPU) start the same command in every
 process; ``config.parallel.distributed`` and the cluster environment decide whether
-``jax.distributed`` is initialised (``jax_cavs/distributed.py``, ``launch/``).
+``jax.distributed`` is initialised (``jax_cavs/core/distributed.py``, ``launch/``).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ def main(argv) -> None:
     logging.set_verbosity(logging.WARNING)  # orbax and jax log every step at INFO
     import jax
 
-    from jax_cavs.core import distributed  # heavy imports after flag parsing
-    from jax_cavs.core import loop as experiment
+    from jax_cavs import experiment  # heavy imports after flag parsing
+    from jax_cavs.core import distributed
 
     if not jax.config.jax_compilation_cache_dir:  # re-runs and resumes skip XLA compilation
         jax.config.update("jax_compilation_cache_dir", os.environ.get(
@@ -45,7 +45,7 @@ def main(argv) -> None:
     workdir = _WORKDIR.value or os.path.join("workdirs", config.strategy.name)
     try:
         distributed.maybe_initialize(config)  # multi-process runs: before any device is used
-        experiment.Experiment.create(config, workdir, _ALLOW_CONFIG_CHANGE.value).run()
+        experiment.create(config, workdir, _ALLOW_CONFIG_CHANGE.value).run()
     except (ValueError, FileNotFoundError, experiment.NonFiniteLoss) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

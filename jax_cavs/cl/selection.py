@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from jax_cavs.core import steps as train_lib
+from jax_cavs.core import steps
 
 SELECTIONS = ("random", "herding")
 _FEATURE = "decoder"
@@ -96,14 +96,14 @@ def class_feature_sums(features: jnp.ndarray, labels: jnp.ndarray, num_classes: 
 
 
 @functools.lru_cache(maxsize=None)
-def _statistics_fn(model, num_classes: int, with_features: bool):
+def _statistics_fn(problem, num_classes: int, with_features: bool):
     """jit'd ``(params, batch_stats, batch) -> dict`` of per-clip statistics."""
 
     def statistics(params, batch_stats, batch):
         out = {"ids": batch["index"], "valid": batch["valid"],
                "pixels": class_pixels(batch["labels"], num_classes)}
         if with_features:
-            outputs, _ = train_lib.forward(model, params, batch_stats, batch, train=False)
+            outputs, _ = problem.apply(steps.variables(params, batch_stats), batch, train=False)
             sums, weights = class_feature_sums(outputs.features[_FEATURE], batch["labels"],
                                                num_classes)
             out.update(feature_sums=sums, feature_weights=weights)
@@ -118,7 +118,7 @@ def class_statistics(ctx, state, num_classes: int, *, with_features: bool) -> Cl
     Results are gathered to every host (``process_allgather``) so all processes select the
     same videos. Padding clips are dropped.
     """
-    fn = _statistics_fn(ctx.model, num_classes, with_features)
+    fn = _statistics_fn(ctx.problem, num_classes, with_features)
     parts = []
     for host_batch in ctx.batches(ctx.train_indices, labels="current"):
         out = fn(state.params, state.batch_stats, ctx.device_batch(host_batch))

@@ -1,13 +1,15 @@
 """Atomic orbax checkpoints of the whole truth of a run.
 
-A checkpoint holds three items, written together by one ``CheckpointManager.save`` (orbax
-writes into a temporary directory and renames it when complete, so a killed run never leaves
-a half-written checkpoint that would be picked up):
+A checkpoint holds up to four items, written together by one ``CheckpointManager.save``
+(orbax writes into a temporary directory and renames it when complete, so a killed run never
+leaves a half-written checkpoint that would be picked up):
 
 * ``state``: the ``ContinualState`` pytree (learner, teacher, importance, replay memory, masks);
-* ``meta``: JSON with the run position (task, step within the task, whether the task's training
-  is finished) and the results so far (accuracy matrix, per-task metrics);
-* ``data``: JSON with the grain iterator state of the task stream in progress (or ``{}``).
+* ``meta``: JSON with the run position (task, phase, step within the phase) and the results so
+  far (accuracy matrix, per-task metrics); ``meta["aux"]`` names the auxiliary models held;
+* ``data``: JSON with the grain iterator state of the task stream in progress (or ``{}``);
+* ``aux`` (only while a task's auxiliary models exist, e.g. CMR's visual-only twin): a dict
+  name -> the auxiliary model's ``ContinualState``, with the learner's structure.
 
 Beside the rolling checkpoints, the learner at the end of every task's training is kept under
 ``workdir/models/task_<t>`` (params and BatchNorm statistics only, ``save_task_model``): the
@@ -45,34 +47,47 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def save(self, step: int, state: ContinualState, meta: dict[str, Any],
-             data: dict[str, Any] | None = None) -> None:
-        self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            meta=ocp.args.JsonSave(meta),
-            data=ocp.args.JsonSave(data or {})), force=True)
+             data: dict[str, Any] | None = None,
+             aux: dict[str, ContinualState] | None = None) -> None:
+        """Writes checkpoint ``step``; ``aux`` must hold exactly the models ``meta["aux"]``
+        names (none when absent)."""
+        if sorted(aux or {}) != sorted(meta.get("aux", [])):
+            raise ValueError(f"checkpoint {step}: aux models {sorted(aux or {})} do not match "
+                             f"meta['aux'] = {meta.get('aux', [])}.")
+        items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta),
+                     data=ocp.args.JsonSave(data or {}))
+        if aux:
+            items["aux"] = ocp.args.StandardSave(aux)
+        self._manager.save(step, args=ocp.args.Composite(**items), force=True)
         self._manager.wait_until_finished()
         print(f"[jax_cavs] saved checkpoint {step} (task {meta.get('task')}, "
               f"{meta.get('phase')}, step {meta.get('step')})", file=sys.stderr, flush=True)
 
     def restore(self, template: ContinualState, step: int | None = None
-                ) -> tuple[ContinualState, dict[str, Any], dict[str, Any]]:
-        """Restores the latest (or given) checkpoint into the structure of ``template``."""
+                ) -> tuple[ContinualState, dict[str, Any], dict[str, Any],
+                           dict[str, ContinualState]]:
+        """Restores the latest (or given) checkpoint into the structure of ``template``:
+        (state, meta, data, aux); every auxiliary model takes ``template``'s structure."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint under {self.directory}")
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
         try:
-            restored = self._manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract),
-                meta=ocp.args.JsonRestore(),
-                data=ocp.args.JsonRestore()))
+            meta = self._manager.restore(step, args=ocp.args.Composite(
+                meta=ocp.args.JsonRestore())).meta
+            items = dict(state=ocp.args.StandardRestore(abstract),
+                         meta=ocp.args.JsonRestore(), data=ocp.args.JsonRestore())
+            if meta.get("aux"):
+                items["aux"] = ocp.args.StandardRestore({name: abstract for name in meta["aux"]})
+            restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as error:  # orbax/tensorstore raise many types for damaged files
             path = os.path.join(self.directory, str(step))
             raise CorruptCheckpoint(
                 f"checkpoint {path} cannot be restored ({type(error).__name__}: {error}). "
                 f"Delete {path} to resume from the previous checkpoint, or start a fresh "
                 f"--workdir.") from error
-        return restored.state, dict(restored.meta), dict(restored.data or {})
+        aux = dict(restored.aux) if meta.get("aux") else {}
+        return restored.state, dict(restored.meta), dict(restored.data or {}), aux
 
     def restore_raw(self, step: int | None = None) -> dict[str, Any]:
         """The latest (or given) checkpoint as plain nested dicts of arrays (no template),

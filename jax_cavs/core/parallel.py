@@ -157,14 +157,14 @@ def _model_shardings(mesh: Mesh, state: Any) -> tuple[Any, Any]:
 
 
 def jit_eval_step(step: Callable, mesh: Mesh, state: Any) -> Callable:
-    """jit ``(params, batch_stats, seen, batch) -> confusion`` (confusion replicated).
+    """jit ``(params, batch_stats, seen, batch, stats) -> stats`` (stats replicated).
 
     params and batch_stats take ``state``'s layout (also for the teacher's or a twin's, which
     share the structure), so FSDP-split parameters are consumed where they live.
     """
     params_sh, stats_sh = _model_shardings(mesh, state)
     return jax.jit(step, in_shardings=(params_sh, stats_sh, replicated(mesh),
-                                       batch_sharding(mesh)),
+                                       batch_sharding(mesh), replicated(mesh)),
                    out_shardings=replicated(mesh))
 
 

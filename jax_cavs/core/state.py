@@ -56,8 +56,10 @@ def copy_tree(tree: PyTree) -> PyTree:
 
 
 def create_state(variables: dict, tx, num_classes: int, memory_capacity: int,
-                 use_importance: bool, extras: dict[str, jnp.ndarray]) -> ContinualState:
-    """Fresh state for task 0 from the model's initial ``variables``."""
+                 use_importance: bool, extras: dict[str, jnp.ndarray],
+                 has_background: bool = True) -> ContinualState:
+    """Fresh state for task 0 from the model's initial ``variables``; with
+    ``has_background`` class 0 is seen (and old) from the start."""
     params = variables["params"]
     batch_stats = variables.get("batch_stats", {})
     opt_state = tx.init(params)
@@ -69,8 +71,8 @@ def create_state(variables: dict, tx, num_classes: int, memory_capacity: int,
         anchor=copy_tree(params) if use_importance else None,
         importance=zeros_like_tree(params) if use_importance else None,
         path_integral=zeros_like_tree(params) if use_importance else None,
-        seen=jnp.zeros((num_classes,), bool).at[0].set(True),
-        old=jnp.zeros((num_classes,), bool).at[0].set(True),
+        seen=jnp.zeros((num_classes,), bool).at[0].set(has_background),
+        old=jnp.zeros((num_classes,), bool).at[0].set(has_background),
         current=jnp.zeros((num_classes,), bool),
         # At least one slot: orbax cannot store zero-size arrays.
         memory=ReplayMemory.empty(max(memory_capacity, 1), num_classes),

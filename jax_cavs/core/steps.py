@@ -1,15 +1,16 @@
-"""The shared train and evaluation steps, built once per experiment.
+"""The shared train and evaluation steps, built once per (problem, strategy).
 
-``make_train_step(model, strategy)`` returns a pure function ``(state, batch, rng) ->
+``make_train_step(problem, strategy)`` returns a pure function ``(state, batch, rng) ->
 (state, metrics)``: the student forward in train mode (BatchNorm statistics updated), the
 frozen teacher forward in eval mode when the strategy uses one (skipped by ``lax.cond`` on the
 first task, so the step compiles once for the whole experiment), the strategy's loss terms
 plus its parameter penalty, gradients, the optimiser update and the strategy's after-step
 transform (e.g. the SI path integral). It never syncs with the host; metrics stay on device.
+``drop`` trains a model that does without some modalities (CMR's visual-only twin drops the
+audio, ``core.problem.MODALITIES``); its teacher is fed the same input.
 
-``make_eval_step(model)`` returns ``(params, batch_stats, seen, batch) -> confusion`` where
-predictions are the argmax over the seen classes only and padded clips / unannotated frames
-are weighted out.
+``make_eval_step(problem)`` returns ``(params, batch_stats, seen, batch, stats) -> stats``,
+the problem's evaluator update over one batch.
 """
 
 from __future__ import annotations
@@ -20,57 +21,27 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jax_cavs.problems.cavs import metrics as seg_metrics
+from jax_cavs.core.problem import Batch, Outputs, Problem
 from jax_cavs.core.state import ContinualState
-from jax_cavs.core.strategy import Batch, Outputs, Strategy
-
-NEG_INF = -1e9
+from jax_cavs.core.strategy import Strategy
 
 
-def forward(model, params, batch_stats, batch: Batch, *, train: bool,
-            zero_audio: bool = False):
-    """Runs ``model``; returns (Outputs, new batch_stats or None)."""
-    variables = {"params": params, "batch_stats": batch_stats}
-    audio = jnp.zeros_like(batch["audio"]) if zero_audio else batch["audio"]
-    args = (batch["frames"], audio, batch["frame_mask"])
-    if train:
-        (logits, features), updates = model.apply(variables, *args, train=True,
-                                                  mutable=["batch_stats"])
-        return Outputs(logits, _float32(features)), updates["batch_stats"]
-    logits, features = model.apply(variables, *args, train=False)
-    return Outputs(logits, _float32(features)), None
+def variables(params, batch_stats) -> dict:
+    """The flax variables of a model from its two state fields."""
+    return {"params": params, "batch_stats": batch_stats}
 
 
-def _float32(features):
-    """Feature-distillation losses run in float32 even when the model computes in bfloat16."""
-    return jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), features)
-
-
-def mask_unseen(logits: jnp.ndarray, seen: jnp.ndarray) -> jnp.ndarray:
-    """Logits of classes not yet seen pushed to -1e9 (static shapes: heads are unmasked)."""
-    return jnp.where(seen, logits, NEG_INF)
-
-
-def predict(model, params, batch_stats, seen, batch: Batch, *, zero_audio: bool = False):
-    """Eval-mode prediction over the seen classes: labels int32 [N, T, H, W]."""
-    outputs, _ = forward(model, params, batch_stats, batch, train=False, zero_audio=zero_audio)
-    return jnp.argmax(mask_unseen(outputs.logits, seen), axis=-1)
-
-
-def make_train_step(model, strategy: Strategy, *, zero_audio: bool = False
+def make_train_step(problem: Problem, strategy: Strategy, *, drop: frozenset[str] = frozenset()
                     ) -> Callable[[ContinualState, Batch, jax.Array], tuple]:
-    """Builds the pure train step for ``model`` and ``strategy`` (jit it with donation).
-
-    ``zero_audio`` trains the visual-only twin (audio features replaced by zeros).
-    """
+    """Builds the pure train step for ``problem`` and ``strategy`` (jit it with donation)."""
 
     def teacher_outputs(state: ContinualState, batch: Batch) -> Outputs | None:
         if not strategy.uses_teacher:
             return None
 
         def run(_):
-            outputs, _ = forward(model, state.old_params, state.old_batch_stats, batch,
-                                 train=False, zero_audio=zero_audio)
+            outputs, _ = problem.apply(variables(state.old_params, state.old_batch_stats),
+                                       batch, train=False, drop=drop)
             return jax.tree_util.tree_map(jax.lax.stop_gradient, outputs)
 
         shapes = jax.eval_shape(run, None)
@@ -81,8 +52,8 @@ def make_train_step(model, strategy: Strategy, *, zero_audio: bool = False
         teacher = teacher_outputs(state, batch)
 
         def loss_fn(params):
-            student, batch_stats = forward(model, params, state.batch_stats, batch,
-                                           train=True, zero_audio=zero_audio)
+            student, batch_stats = problem.apply(variables(params, state.batch_stats), batch,
+                                                 train=True, drop=drop)
             loss, terms = strategy.loss(state, batch, student, teacher, rng)
             penalty = strategy.penalty(params, state)
             return loss + penalty, (terms, penalty, batch_stats)
@@ -101,14 +72,12 @@ def make_train_step(model, strategy: Strategy, *, zero_audio: bool = False
     return train_step
 
 
-def make_eval_step(model, num_classes: int, *, zero_audio: bool = False):
-    """``(params, batch_stats, seen, batch) -> confusion int32[K, K]`` for one batch."""
+def make_eval_step(problem: Problem, *, drop: frozenset[str] = frozenset()):
+    """``(params, batch_stats, seen, batch, stats) -> stats``: one evaluator update."""
 
-    def eval_step(params, batch_stats, seen, batch: Batch) -> jnp.ndarray:
-        pred = predict(model, params, batch_stats, seen, batch, zero_audio=zero_audio)
-        weights = jnp.broadcast_to(
-            (batch["label_mask"] * batch["valid"][:, None])[..., None, None], pred.shape)
-        return seg_metrics.confusion_matrix(pred, batch["labels"], num_classes,
-                                            weights=weights)
+    def eval_step(params, batch_stats, seen, batch: Batch, stats):
+        outputs, _ = problem.apply(variables(params, batch_stats), batch, train=False,
+                                   drop=drop)
+        return problem.evaluator.update(stats, outputs, batch, seen)
 
     return eval_step

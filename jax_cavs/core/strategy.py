@@ -11,6 +11,8 @@ The experiment loop is the same for every method and calls, per task::
         loss += strategy.penalty(params, state)
         ... optimiser ...
         state = strategy.after_step(state, grads, previous_params)
+    for aux in strategy.aux_models(task):             # e.g. CMR's visual-only twin: trained
+        ctx.aux[aux.name] = <aux.strategy on the stream>  # and checkpointed by the loop
     state = strategy.end_task(state, ctx)             # importance, memory selection
 
 ``loss``, ``penalty`` and ``after_step`` run inside jit; the others run on the host between
@@ -20,22 +22,14 @@ tasks and may call jit'd passes through ``ctx``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, ClassVar, Iterator, NamedTuple
+from typing import Any, Callable, ClassVar, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax_cavs.core.problem import Batch, Outputs, Problem  # noqa: F401 (re-exported)
 from jax_cavs.core.state import ContinualState, copy_tree
-
-Batch = dict[str, jnp.ndarray]
-
-
-class Outputs(NamedTuple):
-    """A model's outputs: logits [N, T, H, W, K] and the features dict of ``AVSModel``."""
-
-    logits: jnp.ndarray
-    features: dict[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +42,7 @@ class TaskInfo:
     current: np.ndarray  # bool[K]
     old: np.ndarray      # bool[K]
     seen: np.ndarray     # bool[K]
+    label_policy: str = "current"  # ``core.scenario.LABEL_POLICIES``
 
 
 @dataclasses.dataclass
@@ -69,12 +64,10 @@ class TaskContext:
     ``parallel.to_host`` (on every process), keep host-side choices deterministic (``rng``),
     write files only on ``distributed.is_primary()``, and never run a computation on global
     arrays inside a process-0-only block.
-      model: the flax module, for strategies that jit their own passes (gradients for EWC or
-        MAS): ``train.forward(ctx.model, params, batch_stats, batch, train=False)``.
-      fit: ``fit(state, strategy, zero_audio=False, desc="") -> state`` trains ``state`` with
-        ``strategy``'s loss on this task's stream (same items and epochs as the learner),
-        e.g. CMR's visual-only twin.
-      new_state: ``new_state(strategy, seed) -> ContinualState`` freshly initialised.
+      problem: the run's ``core.problem.Problem``, for strategies that jit their own passes
+        (gradients for EWC or MAS): ``ctx.problem.apply(variables, batch, train=False)``.
+      aux: name -> the trained auxiliary model (a ``ContinualState``) of every
+        ``AuxModel`` the strategy declared for this task; filled before ``end_task``.
       workdir: run directory, for artefacts such as ``memory/task_<t>.json``.
       rng: a host-side ``np.random.Generator`` seeded from the config and the task.
     """
@@ -84,16 +77,47 @@ class TaskContext:
     batches: Callable[..., Iterator[Batch]]
     device_batch: Callable[[Batch], Batch]
     forward: Callable[..., Outputs]
-    model: Any
-    fit: Callable[..., ContinualState]
-    new_state: Callable[..., ContinualState]
+    problem: Problem
     workdir: str
     rng: np.random.Generator
+    aux: dict[str, ContinualState] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class AuxModel:
+    """A model a strategy needs beside the learner, trained by the loop on the task's stream
+    after the learner's training, with the same items, epochs, batches and checkpoints
+    (a kill during its training resumes bitwise), e.g. CMR's visual-only twin.
+
+    Attributes:
+      name: its key in ``TaskContext.aux`` and in the checkpoints.
+      strategy: whose ``begin_task`` and loss train it.
+      drop: modalities it does without (``core.problem.MODALITIES``); its teacher too.
+      start: its initial weights: ``"teacher"`` (the learner at the end of the previous
+        task, as the learner started this one) or ``"learner"`` (the learner now).
+    """
+
+    name: str
+    strategy: Any
+    drop: frozenset[str] = frozenset()
+    start: str = "teacher"
+
+    def __post_init__(self):
+        if self.start not in ("teacher", "learner"):
+            raise ValueError(f"AuxModel {self.name!r}: start={self.start!r} is not "
+                             f"'teacher' or 'learner'.")
 
 
 @dataclasses.dataclass(frozen=True)
 class Strategy:
-    """Base of every continual method; defaults implement plain fine-tuning hooks."""
+    """Base of every continual method; defaults implement plain fine-tuning hooks.
+
+    ``problem`` is the run's ``core.problem.Problem`` (bound by ``get_strategy``): losses ask it
+    for the supervised loss and the element weights, hooks for parameter roles and passes.
+    It is not a hyper-parameter: it takes no part in equality or hashing.
+    """
+
+    problem: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     name: ClassVar[str] = "base"
     uses_teacher: ClassVar[bool] = False      # the train step runs the frozen old model
@@ -138,13 +162,12 @@ class Strategy:
     def after_step(self, state: ContinualState, grads, previous_params) -> ContinualState:
         return state
 
+    def aux_models(self, task: TaskInfo) -> tuple[AuxModel, ...]:
+        """The auxiliary models the loop trains for this task before ``end_task``."""
+        return ()
+
     def end_task(self, state: ContinualState, ctx: TaskContext) -> ContinualState:
         return state
-
-
-def pixel_weights(batch: Batch) -> jnp.ndarray:
-    """float32 [N, T, 1, 1]: 1 on annotated frames of real clips, broadcastable to pixels."""
-    return (batch["label_mask"] * batch["valid"][:, None])[..., None, None]
 
 
 _REGISTRY: dict[str, type[Strategy]] = {}
@@ -170,13 +193,15 @@ def strategy_class(name: str) -> type[Strategy]:
     return _REGISTRY[name]
 
 
-def get_strategy(name: str, hparams: dict[str, Any] | None = None) -> Strategy:
-    """Instantiates the strategy ``name`` with ``hparams``; errors list the valid choices."""
+def get_strategy(name: str, hparams: dict[str, Any] | None = None,
+                 problem: Problem | None = None) -> Strategy:
+    """Instantiates the strategy ``name`` with ``hparams``, bound to ``problem``; errors list
+    the valid choices."""
     cls = strategy_class(name)
-    fields = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name for f in dataclasses.fields(cls)} - {"problem"}
     hparams = dict(hparams or {})
     unknown = sorted(set(hparams) - fields)
     if unknown:
         raise ValueError(f"config fields strategy.{', strategy.'.join(unknown)} are not "
                          f"hyper-parameters of {name!r}; valid: {sorted(fields)}.")
-    return cls(**hparams)
+    return cls(**hparams, problem=problem)

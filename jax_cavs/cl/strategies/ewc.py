@@ -34,7 +34,7 @@ import functools
 import jax
 
 from jax_cavs.cl import regularizers
-from jax_cavs.core import steps as train_lib
+from jax_cavs.core import steps
 from jax_cavs.core import strategy as base
 from jax_cavs.cl.strategies.importance import ImportanceStrategy, gradient_sum
 
@@ -61,7 +61,7 @@ class EWC(ImportanceStrategy):
 
     def fisher(self, state, ctx: base.TaskContext):
         """Diagonal empirical Fisher of the current task at ``state.params`` (params' tree)."""
-        squared_sum, num_batches = gradient_sum(ctx, state, _fisher_accumulator(self, ctx.model))
+        squared_sum, num_batches = gradient_sum(ctx, state, _fisher_accumulator(self, ctx.problem))
         return regularizers.fisher_from_grads(squared_sum, num_batches)
 
     def end_task(self, state, ctx):
@@ -72,8 +72,8 @@ class EWC(ImportanceStrategy):
 
 
 @functools.lru_cache(maxsize=None)
-def _fisher_accumulator(strategy: EWC, model):
-    """jit'd ``(acc, state, batch) -> acc + g²``, compiled once per strategy and model.
+def _fisher_accumulator(strategy: EWC, problem):
+    """jit'd ``(acc, state, batch) -> acc + g²``, compiled once per strategy and problem.
 
     g is the gradient of ``strategy.loss`` (no penalty) at ``state.params`` in eval mode; the
     loss's rng argument is unused by fine-tuning's CE and fixed.
@@ -81,7 +81,8 @@ def _fisher_accumulator(strategy: EWC, model):
 
     def accumulate(acc, state, batch):
         def task_loss(params):
-            outputs, _ = train_lib.forward(model, params, state.batch_stats, batch, train=False)
+            outputs, _ = problem.apply(steps.variables(params, state.batch_stats), batch,
+                                       train=False)
             loss, _ = strategy.loss(state, batch, outputs, None, jax.random.key(0))
             return loss
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from jax_cavs.cl import reduce
-from jax_cavs.problems.cavs.losses import segmentation
 from jax_cavs.core import strategy as base
 
 
@@ -20,6 +18,5 @@ class Finetune(base.Strategy):
     name = "finetune"
 
     def loss(self, state, batch, student, teacher, rng):
-        ce = segmentation.masked_cross_entropy(student.logits, batch["labels"], state.seen)
-        ce = reduce.masked_mean(ce, base.pixel_weights(batch))
+        ce = self.problem.loss(student, batch, state.seen)
         return ce, {"ce": ce}

@@ -22,7 +22,6 @@ import jax.numpy as jnp
 
 from jax_cavs.cl import distillation
 from jax_cavs.cl import reduce
-from jax_cavs.problems.cavs.losses import segmentation
 from jax_cavs.core import strategy as base
 
 
@@ -43,14 +42,14 @@ class LwF(base.Strategy):
     alpha: float = 1.0
 
     def loss(self, state, batch, student, teacher, rng):
-        weights = base.pixel_weights(batch)
-        ce = reduce.masked_mean(segmentation.masked_cross_entropy(
-            student.logits, batch["labels"], state.seen), weights)
+        ce = self.problem.loss(student, batch, state.seen)
         kd = self.output_distillation(state, batch, student, teacher)
         return ce + self.loss_kd * kd, {"ce": ce, "kd": kd}
 
     def output_distillation(self, state, batch, student, teacher):
-        """Unweighted KD term (float32 scalar), 0 on task 0."""
+        """Unweighted KD term (float32 scalar), 0 on task 0; over every real element, labelled
+        or not (distillation needs no labels)."""
         kd = reduce.masked_mean(distillation.knowledge_distillation(
-            student.logits, teacher.logits, state.old, self.alpha), base.pixel_weights(batch))
+            student.logits, teacher.logits, state.old, self.alpha),
+            self.problem.weights(batch, labelled=False))
         return jnp.where(state.task > 0, kd, 0.0)

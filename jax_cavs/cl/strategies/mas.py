@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from jax_cavs.cl import regularizers
-from jax_cavs.core import steps as train_lib
+from jax_cavs.core import steps
 from jax_cavs.core import strategy as base
 from jax_cavs.cl.strategies.importance import ImportanceStrategy, gradient_sum
 
@@ -54,7 +54,7 @@ class MAS(ImportanceStrategy):
 
     def sensitivity(self, state, ctx: base.TaskContext):
         """Ω_new of the current task at ``state.params`` (params' tree)."""
-        abs_sum, _ = gradient_sum(ctx, state, _sensitivity_accumulator(ctx.model))
+        abs_sum, _ = gradient_sum(ctx, state, _sensitivity_accumulator(ctx.problem))
         return regularizers.mas_from_grads(abs_sum, len(ctx.train_indices))
 
     def end_task(self, state, ctx):
@@ -75,13 +75,13 @@ def output_norm_objective(logits: jnp.ndarray, seen: jnp.ndarray,
 
 
 @functools.lru_cache(maxsize=None)
-def _sensitivity_accumulator(model):
-    """jit'd ``(acc, state, batch) -> acc + B·|∇ mean_b ‖f_b‖|``, compiled once per model."""
+def _sensitivity_accumulator(problem):
+    """jit'd ``(acc, state, batch) -> acc + B·|∇ mean_b ‖f_b‖|``, compiled once per problem."""
 
     def accumulate(acc, state, batch):
         def objective(params):
-            outputs, _ = train_lib.forward(model, params, state.batch_stats, batch,
-                                           train=False)
+            outputs, _ = problem.apply(steps.variables(params, state.batch_stats), batch,
+                                       train=False)
             return output_norm_objective(outputs.logits, state.seen, batch["valid"])
 
         batch_size = batch["valid"].shape[0]

@@ -50,7 +50,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_cavs.core import parallel
-from jax_cavs.core import steps as train_lib
 from jax_cavs.problems.cavs import metrics as seg_metrics
 
 IGNORE_INDEX = 255
@@ -101,22 +100,22 @@ def collision_counts(pred: jnp.ndarray, labels: jnp.ndarray, old: jnp.ndarray,
     return per_frame, pairs
 
 
-@functools.partial(jax.jit, static_argnames=("model", "num_classes"))
-def _old_model_batch(model, params, batch_stats, old, current, batch, *, num_classes):
+@functools.partial(jax.jit, static_argnames=("problem", "num_classes"))
+def _old_model_batch(problem, params, batch_stats, old, current, batch, *, num_classes):
     """One batch of the old-model pass: its prediction over the old classes, then the counts."""
-    pred = train_lib.predict(model, params, batch_stats, old, batch)
+    pred = problem.predict_with(params, batch_stats, old, batch)
     frame_weights = batch["label_mask"] * batch["frame_mask"] * batch["valid"][:, None]
     return collision_counts(pred, batch["labels"], old, current, frame_weights, num_classes)
 
 
-def old_model_collisions(model, params, batch_stats, old: np.ndarray, current: np.ndarray,
+def old_model_collisions(problem, params, batch_stats, old: np.ndarray, current: np.ndarray,
                          batches: Iterable[dict[str, np.ndarray]],
                          device_batch: Callable[[dict], dict[str, Any]]
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Runs the frozen old model over the task's videos and counts collisions (jit'd per batch).
 
     Args:
-      model: the flax module; ``params`` / ``batch_stats`` are the old model's (the teacher).
+      problem: the CAVS problem; ``params`` / ``batch_stats`` are the old model's (the teacher).
       old, current: bool [K] masks of the task.
       batches: padded eval batches over the task's training videos with the task's labels
         (``TaskContext.batches(indices, labels="current")``).
@@ -131,7 +130,7 @@ def old_model_collisions(model, params, batch_stats, old: np.ndarray, current: n
     for batch in batches:
         real = np.asarray(batch["valid"]) > 0
         counts, batch_pairs = parallel.to_host(_old_model_batch(
-            model, params, batch_stats, old, current, device_batch(batch),
+            problem, params, batch_stats, old, current, device_batch(batch),
             num_classes=num_classes))
         ids.append(np.asarray(batch["index"])[real])
         per_frame.append(counts.astype(np.int64)[real])

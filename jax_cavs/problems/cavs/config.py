@@ -54,6 +54,7 @@ def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:
 def base_config(strategy: str, args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The default continual experiment: SynthAVS ``small``, the 12-4 overlapped split."""
     config = ml_collections.ConfigDict()
+    config.problem = "cavs"        # jax_cavs/problems/<name>
     config.seed = 0
     config.arg = ml_collections.ConfigDict(args.to_dict())
     # --workdir of a finished run whose trained first task this run reuses instead of

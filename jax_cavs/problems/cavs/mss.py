@@ -44,7 +44,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_cavs.core import parallel
-from jax_cavs.core import steps as train_lib
 from jax_cavs.core.memory import ReplayMemory
 from jax_cavs.problems.cavs import metrics as seg_metrics
 
@@ -82,13 +81,13 @@ def class_presence(labels: jnp.ndarray, frame_weights: jnp.ndarray, num_classes:
     return jnp.sum(jnp.where(weights, label_area, 0), axis=1) > 0
 
 
-@functools.partial(jax.jit, static_argnames=("model", "num_classes", "convention"))
-def _score_batch(model, av_params, av_batch_stats, v_params, v_batch_stats, classes, batch, *,
+@functools.partial(jax.jit, static_argnames=("problem", "num_classes", "convention"))
+def _score_batch(problem, av_params, av_batch_stats, v_params, v_batch_stats, classes, batch, *,
                  num_classes, convention):
     """One batch of the MSS pass: both models' predictions over ``classes``, then the scores."""
     frame_weights = batch["label_mask"] * batch["frame_mask"] * batch["valid"][:, None]
-    av = train_lib.predict(model, av_params, av_batch_stats, classes, batch)
-    v = train_lib.predict(model, v_params, v_batch_stats, classes, batch, zero_audio=True)
+    av = problem.predict_with(av_params, av_batch_stats, classes, batch)
+    v = problem.predict_with(v_params, v_batch_stats, classes, batch, drop=frozenset({"audio"}))
     labels = batch["labels"]
     return (video_scores(av, labels, frame_weights, num_classes, convention),
             video_scores(v, labels, frame_weights, num_classes, convention),
@@ -116,14 +115,14 @@ class VideoScores:
                 "v": float(self.v[position]), "deviation": float(self.deviation[position])}
 
 
-def score_videos(model, av_variables: tuple[Any, Any], v_variables: tuple[Any, Any],
+def score_videos(problem, av_variables: tuple[Any, Any], v_variables: tuple[Any, Any],
                  classes: np.ndarray, batches: Iterable[dict[str, np.ndarray]],
                  device_batch: Callable[[dict], dict[str, Any]], convention: str = "union"
                  ) -> VideoScores:
     """The MSS pass: scores every video of ``batches`` under both models (jit'd per batch).
 
     Args:
-      model: the flax module.
+      problem: the CAVS problem (``problem.CAVSProblem``).
       av_variables: (params, batch_stats) of the audio-visual learner.
       v_variables: (params, batch_stats) of the visual-only twin (run with zero audio).
       classes: bool [K] classes the argmax runs over (module doc).
@@ -141,7 +140,7 @@ def score_videos(model, av_variables: tuple[Any, Any], v_variables: tuple[Any, A
     for batch in batches:
         real = np.asarray(batch["valid"]) > 0
         outputs = parallel.to_host(_score_batch(
-            model, *av_variables, *v_variables, classes, device_batch(batch),
+            problem, *av_variables, *v_variables, classes, device_batch(batch),
             num_classes=num_classes, convention=convention))
         parts["ids"].append(np.asarray(batch["index"])[real])
         for key, value in zip(("av", "v", "presence"), outputs):

@@ -23,66 +23,17 @@ on all classes seen so far.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from typing import Sequence
 
 import networkx as nx
 import numpy as np
 
+from jax_cavs.core.scenario import Scenario, TaskSpec
+
 SUBSETS = ("all", "cis", "cim")
 MODES = ("overlapped", "disjoint")
 DISJOINT_RULES = ("strict", "mib")
-
-
-@dataclasses.dataclass(frozen=True)
-class Task:
-    """One step of a scenario: the classes it adds and the training videos it sees."""
-
-    index: int
-    classes: tuple[int, ...]
-    train_indices: np.ndarray  # int64 record indices into the train split
-
-
-@dataclasses.dataclass(frozen=True)
-class Scenario:
-    """A class-incremental sequence of tasks over ``num_classes`` outputs (background = 0)."""
-
-    name: str
-    mode: str
-    subset: str
-    num_classes: int
-    class_order: tuple[int, ...]
-    tasks: tuple[Task, ...]
-    test_indices: np.ndarray
-    # Class groups used for reporting (the split's tasks even when training jointly).
-    report_groups: tuple[tuple[int, ...], ...]
-
-    @property
-    def num_tasks(self) -> int:
-        return len(self.tasks)
-
-    def _mask(self, classes: Sequence[int], background: bool) -> np.ndarray:
-        mask = np.zeros(self.num_classes, bool)
-        mask[list(classes)] = True
-        mask[0] = background
-        return mask
-
-    def current_mask(self, t: int) -> np.ndarray:
-        """bool[K]: the classes task ``t`` adds (never background)."""
-        return self._mask(self.tasks[t].classes, background=False)
-
-    def old_mask(self, t: int) -> np.ndarray:
-        """bool[K]: background plus every class learned before task ``t``."""
-        return self._mask([c for task in self.tasks[:t] for c in task.classes], background=True)
-
-    def seen_mask(self, t: int) -> np.ndarray:
-        """bool[K]: background plus every class learned up to and including task ``t``."""
-        return self.old_mask(t) | self.current_mask(t)
-
-    def group_mask(self, j: int) -> np.ndarray:
-        """bool[K]: the classes of report group ``j``; group 0 includes background."""
-        return self._mask(self.report_groups[j], background=(j == 0))
 
 
 def parse_split(split: str, num_foreground: int) -> tuple[int, ...]:
@@ -194,7 +145,7 @@ def build_scenario(train_classes: Sequence[Sequence[int]],
             raise ValueError(
                 f"task {t} (classes {classes}) of scenario {split} {mode}/{subset} has no "
                 f"training video after filtering; choose another split, mode or subset.")
-        tasks.append(Task(index=t, classes=classes, train_indices=np.asarray(chosen, np.int64)))
+        tasks.append(TaskSpec(index=t, classes=classes, train_indices=np.asarray(chosen, np.int64)))
     test_indices = np.flatnonzero(_subset_filter(test_classes, subset))
     return Scenario(name=split, mode=mode, subset=subset, num_classes=num_classes,
                     class_order=class_order, tasks=tuple(tasks), test_indices=test_indices,

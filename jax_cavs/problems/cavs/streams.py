@@ -82,18 +82,6 @@ class DecodeClip(grain.transforms.Map):
         }
 
 
-def training_items(task_indices: Sequence[int], memory_indices: Sequence[int] = ()
-                   ) -> list[tuple[int, bool, float]]:
-    """The items of one training epoch: current videos and replay videos (duplicates kept)."""
-    return ([(int(i), False, 1.0) for i in task_indices]
-            + [(int(i), True, 1.0) for i in memory_indices])
-
-
-def steps_per_epoch(num_items: int, batch_size: int) -> int:
-    """Batches per epoch with ``drop_remainder`` (at least 1: tiny tasks still train)."""
-    return max(num_items // batch_size, 1)
-
-
 def train_iterator(source, items: Sequence[tuple[int, bool, float]], *, current_mask: np.ndarray,
                    seen_mask: np.ndarray, batch_size: int, num_epochs: int, seed: int,
                    image_size: int, worker_count: int = 0, shard_index: int = 0,

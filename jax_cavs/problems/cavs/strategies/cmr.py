@@ -9,8 +9,9 @@ Per task t (spec_cavs §6.1; the ordering is inferred)::
                         over the old classes -> R = round(0.2 |M|) draws from the memory M
     replay_ids    M ⊎ R (duplicates allowed), mixed at random with the task's videos
     training      PLOP's loss (pseudo-labels + Local POD) on D_t ∪ M ⊎ R
-    end_task      the visual-only twin f^v_t trained on the same stream with zero audio;
-                  MSS: both models score the task's videos, k per new class enter M
+    aux model     the visual-only twin f^v_t, trained by the loop on the same stream with
+                  zero audio (``aux_models``, checkpointed like the learner)
+    end_task      MSS: both models score the task's videos, k per new class enter M
                   (not after the last task: nothing would replay that memory)
 
 Every reconstructed choice is a field below (defaults recommended by spec §6); the statistics
@@ -19,9 +20,10 @@ live in ``memory.mss`` (eqs 1-5) and ``memory.collision`` (eqs 6-9), the loss is
 The visual-only model f^v (spec §6.1 DECISIONs):
 
 * ``visual_model="twin"`` (default, spec §6.1 step 4): a visual-only twin is trained; it is
-  the same network fed zero audio (``train.forward(..., zero_audio=True)``). The spec's other
-  realisation, the network without TPAVI, is a different module that ``ctx.fit`` cannot
-  train; with zero audio TPAVI still runs but carries no information about the clip.
+  the same network fed zero audio (``problem.apply(..., drop={"audio"})``), declared to the
+  loop as an ``AuxModel``. The spec's other realisation, the network without TPAVI, would be
+  a different module with another parameter tree; with zero audio TPAVI still runs but
+  carries no information about the clip.
   ``"zero_audio"``: no second model; s^v is the learner itself evaluated with zeroed audio,
   the sample-level modality valuation of Wei et al. (CVPR'24) that the paper cites for eq 5.
   It costs no training and its Δ carries no run-to-run training noise (the two models of
@@ -36,10 +38,9 @@ The visual-only model f^v (spec §6.1 DECISIONs):
   task, and Δ measures what the audio changed. The alternative reading of "all steps are
   trained only using visual-modal data" [paper], a visual-only model carried through every
   task, would differ from the learner by all past tasks' training as well, so Δ would also
-  measure how differently the two remember the old tasks. It would also have to live in the
-  train state from its creation (``init_extras`` sees no parameters). The chosen twin needs
-  no state between tasks: it is rebuilt inside ``end_task`` from the checkpointed teacher,
-  and a run resumed at any checkpoint rebuilds exactly the same one.
+  measure how differently the two remember the old tasks. The chosen twin needs no state
+  between tasks: the loop starts it from the checkpointed teacher (``AuxModel.start``) and
+  checkpoints it during its training, so a run killed at any point resumes it bitwise.
 
 Memory and PLOP's pseudo-labels (spec §6.1): a replayed clip carries its true labels over the
 seen classes and PLOP's background mask is ``y == 0`` on it, so pseudo-labels never
@@ -66,7 +67,7 @@ from jax_cavs.core import distributed
 from jax_cavs.problems.cavs import collision
 from jax_cavs.problems.cavs import mss
 from jax_cavs.problems.cavs import metrics as seg_metrics
-from jax_cavs.core.state import ContinualState, copy_tree
+from jax_cavs.core.state import ContinualState
 from jax_cavs.core import strategy as base
 from jax_cavs.cl.strategies.finetune import Finetune
 from jax_cavs.problems.cavs.strategies.mib import begin_balanced
@@ -76,6 +77,7 @@ SCORE_CLASSES = ("current", "seen")
 VISUAL_MODELS = ("twin", "zero_audio")
 TWIN_LOSSES = ("ce", "learner")
 MEMORY_PSEUDO_LABELS = ("background", "none")
+TWIN = "visual_twin"  # the twin's name in ``TaskContext.aux`` and the checkpoints
 # Independent random streams derived from ``ctx.rng``, so that a task resumed after its
 # training draws the same MSS selection as an uninterrupted one.
 _CSR_STREAM, _MSS_STREAM = 0, 1
@@ -176,7 +178,7 @@ class CMR(PLOP):
     def collision_replay(self, state: ContinualState, ctx: base.TaskContext) -> np.ndarray:
         """CSR (eqs 6-9): the old model on the new videos -> class probabilities -> R."""
         _, per_frame, pairs = collision.old_model_collisions(
-            ctx.model, state.old_params, state.old_batch_stats, np.asarray(state.old),
+            ctx.problem, state.old_params, state.old_batch_stats, np.asarray(state.old),
             np.asarray(state.current), ctx.batches(ctx.train_indices, labels="current"),
             ctx.device_batch)
         stats = collision.collision_statistics(per_frame, np.asarray(state.old),
@@ -199,23 +201,32 @@ class CMR(PLOP):
         draw = np.asarray(state.extras["csr_replay"])
         return np.concatenate([state.memory.record_ids(), draw[draw >= 0]]).astype(np.int64)
 
+    def aux_models(self, task):
+        """f^v_t, the visual-only twin: from the teacher's weights (the learner's start), on
+        this task's stream, with zero audio; none after the last task (``end_task``)."""
+        if self.visual_model != "twin" or task.index == task.num_tasks - 1:
+            return ()
+        strategy = (self if self.twin_loss == "learner"
+                    else VisualTwinCE(init_balanced=self.init_balanced, problem=self.problem))
+        return (base.AuxModel(TWIN, strategy, drop=frozenset({"audio"}), start="teacher"),)
+
     def end_task(self, state, ctx):
-        """MSS: train the visual-only twin (or take the learner with zero audio), score the
-        task's videos under both models and add k videos per new class to the memory.
-        Skipped after the last task, whose memory no later task would replay (the results
-        are the same; one twin training is saved)."""
+        """MSS: score the task's videos under the learner and f^v (the twin, or the learner
+        with zero audio) and add k videos per new class to the memory. Skipped after the last
+        task, whose memory no later task would replay (the results are the same; one twin
+        training is saved)."""
         state = super().end_task(state, ctx)
         if ctx.task.index == ctx.task.num_tasks - 1:
             return state
         if self.visual_model == "twin":
-            twin = self.train_twin(state, ctx)
+            twin = ctx.aux[TWIN]
             visual = (twin.params, twin.batch_stats)
         else:
             visual = (state.params, state.batch_stats)
         classes = np.asarray(ctx.task.seen if self.score_classes == "seen"
                              else ctx.task.current | (np.arange(ctx.task.current.size) == 0))
         scores = mss.score_videos(
-            ctx.model, (state.params, state.batch_stats), visual, classes, ctx.batches(ctx.train_indices, labels="current"), ctx.device_batch,
+            ctx.problem, (state.params, state.batch_stats), visual, classes, ctx.batches(ctx.train_indices, labels="current"), ctx.device_batch,
             self.score_convention)
         selection = mss.select(scores, ctx.task.classes, self.memory_per_class, self.selection,
                                _stream(ctx, _MSS_STREAM))
@@ -226,19 +237,6 @@ class CMR(PLOP):
             visual_model=self.visual_model, twin_loss=self.twin_loss,
             memory_size=memory.size()))
         return state.replace(memory=memory)
-
-    def train_twin(self, state: ContinualState, ctx: base.TaskContext) -> ContinualState:
-        """f^v_t: from the teacher's weights, on this task's stream, with zero audio.
-
-        The twin is a full copy of the state (the train step donates its input, and its
-        layout must be the learner's), with the teacher's params and BatchNorm statistics as
-        its starting point; ``ctx.fit`` applies the twin strategy's ``begin_task``.
-        """
-        start = copy_tree(state.replace(params=state.old_params,
-                                        batch_stats=state.old_batch_stats))
-        strategy = (self if self.twin_loss == "learner"
-                    else VisualTwinCE(init_balanced=self.init_balanced))
-        return ctx.fit(start, strategy, zero_audio=True, desc="visual-only twin")
 
     # -- inside jit -------------------------------------------------------------------------
     def relabel_background(self, state, batch, teacher):

@@ -59,7 +59,8 @@ class ILT(LwF):
     def loss(self, state, batch, student, teacher, rng):
         total, terms = super().loss(state, batch, student, teacher, rng)
         select = DISTILLED_FEATURES[self.feature]
-        frame_weights = base.pixel_weights(batch).reshape(-1)  # [N*T], features' frame order
+        # [N*T] in the features' frame order; every real frame (distillation needs no labels).
+        frame_weights = self.problem.weights(batch, labelled=False).reshape(-1)
         de = distillation.feature_mse(select(teacher.features), select(student.features),
                                       frame_weights)
         de = jnp.where(state.task > 0, de, 0.0)

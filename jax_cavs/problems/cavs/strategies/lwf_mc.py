@@ -45,10 +45,10 @@ class LwFMC(base.Strategy):
     icarl_importance: float = 10.0
 
     def loss(self, state, batch, student, teacher, rng):
-        weights = base.pixel_weights(batch)
         bce = reduce.masked_mean(segmentation.multilabel_bce(
-            student.logits, batch["labels"], state.seen), weights)
+            student.logits, batch["labels"], state.seen), self.problem.weights(batch))
         icarl = reduce.masked_mean(distillation.sigmoid_distillation(
-            student.logits, teacher.logits, state.old), weights)
+            student.logits, teacher.logits, state.old),
+            self.problem.weights(batch, labelled=False))
         icarl = jnp.where(state.task > 0, icarl, 0.0)
         return bce + self.icarl_importance * icarl, {"bce": bce, "icarl": icarl}

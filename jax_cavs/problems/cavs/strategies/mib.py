@@ -93,10 +93,10 @@ class MiB(base.Strategy):
         return begin_balanced(super().begin_task(state, task), task, self.init_balanced)
 
     def loss(self, state, batch, student, teacher, rng):
-        weights = base.pixel_weights(batch)
         unce = reduce.masked_mean(segmentation.unbiased_cross_entropy(
-            student.logits, batch["labels"], state.seen, state.old), weights)
+            student.logits, batch["labels"], state.seen, state.old), self.problem.weights(batch))
         unkd = reduce.masked_mean(distillation.unbiased_knowledge_distillation(
-            student.logits, teacher.logits, state.seen, state.old, self.alpha), weights)
+            student.logits, teacher.logits, state.seen, state.old, self.alpha),
+            self.problem.weights(batch, labelled=False))
         unkd = jnp.where(state.task > 0, unkd, 0.0)
         return unce + self.loss_kd * unkd, {"unce": unce, "unkd": unkd}

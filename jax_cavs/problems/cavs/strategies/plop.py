@@ -52,6 +52,7 @@ from jax_cavs.problems.cavs.losses import pseudo_labels
 from jax_cavs.cl import reduce
 from jax_cavs.problems.cavs.losses import segmentation
 from jax_cavs.core import strategy as base
+from jax_cavs.problems.cavs.problem import pixel_weights
 from jax_cavs.problems.cavs.strategies.mib import begin_balanced
 
 # The map distilled as PLOP's "pre_logits" entry (``AVSModel`` features, [N*T, h, w, c]).
@@ -66,7 +67,7 @@ INT32_MAX = int(np.iinfo(np.int32).max)
 def _add_to_histogram(histogram, old_logits, batch, old, seen):
     """One batch of ``entropy_histogram`` (``losses.pseudo_labels.update_histogram``)."""
     return pseudo_labels.update_histogram(histogram, batch["labels"], old_logits, old, seen,
-                                          pixel_mask=base.pixel_weights(batch))
+                                          pixel_mask=pixel_weights(batch))
 
 
 def entropy_histogram(batches: Iterable[base.Batch], forward: Callable[..., base.Outputs],
@@ -189,7 +190,7 @@ class PLOP(base.Strategy):
         """``mean_pix(κ · CE_seen(z, y'))`` over the annotated frames (float32 scalar)."""
         labels, kappa = self.relabel_background(state, batch, teacher)
         ce = segmentation.masked_cross_entropy(student.logits, labels, state.seen)
-        return reduce.masked_mean(ce * kappa[..., None, None], base.pixel_weights(batch))
+        return reduce.masked_mean(ce * kappa[..., None, None], self.problem.weights(batch))
 
     def pod_distillation(self, state, batch, student, teacher):
         """Local POD over the 4 stages, the pre-logits map and the small logits; 0 on task 0."""
@@ -205,5 +206,5 @@ class PLOP(base.Strategy):
             current=state.current, seen=state.seen, feature_weight=self.pod_factor,
             logits_weight=self.pod_logits_factor, scales=self.pod_scales,
             use_schedule=self.pod_schedule, fit_scales=True,
-            sample_weights=base.pixel_weights(batch).reshape(-1))
+            sample_weights=self.problem.weights(batch, labelled=False).reshape(-1))
         return jnp.where(state.task > 0, distance, 0.0)

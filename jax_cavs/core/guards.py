@@ -1,0 +1,128 @@
+"""Guards of a run: nothing bad is saved, nothing is silently mixed.
+
+* ``NonFiniteGuard``: a NaN/Inf loss term stops the run, naming the task, step and terms,
+  before the bad state is checkpointed (checked where the loop syncs anyway);
+* ``check_workdir_config``: a workdir is continued only with the config that started it;
+* ``check_first_task_source``: a run reuses another run's trained first task
+  (``config.first_task_from``, MiB/PLOP's ``--step_ckpt``) only if both train it identically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jax_cavs.core.strategy import Strategy, available, strategy_class
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss term became NaN/Inf; the run stops before the bad state is checkpointed."""
+
+
+class NonFiniteGuard:
+    """Remembers, on device, the first step whose metrics were not finite and which terms.
+
+    ``update`` adds a few tiny device ops per step and never syncs; ``check`` (called where the
+    loop syncs anyway: logging and checkpoints) raises ``NonFiniteLoss`` naming the step, the
+    task and the terms.
+    """
+
+    def __init__(self, task: int, desc: str):
+        self.task, self.desc = task, desc
+        self.first = jnp.asarray(-1, jnp.int32)
+        self.names: list[str] = []
+        self.flags = None
+
+    def update(self, step: int, metrics: dict[str, jnp.ndarray]) -> None:
+        self.names = list(metrics)
+        flags = jnp.stack([~jnp.isfinite(metrics[k]) for k in self.names])
+        new = (self.first < 0) & flags.any()
+        self.first = jnp.where(new, step, self.first)
+        self.flags = flags if self.flags is None else jnp.where(new, flags, self.flags)
+
+    def check(self) -> None:
+        first = int(self.first)
+        if first >= 0:
+            terms = [n for n, bad in zip(self.names, np.asarray(self.flags)) if bad]
+            raise NonFiniteLoss(
+                f"non-finite loss in task {self.task} ({self.desc}) at step {first} of the task: "
+                f"terms {', '.join(terms)} are NaN/Inf. The last good checkpoint is intact; "
+                f"lower config.optimizer.lr or check the data, then re-run to resume.")
+
+
+class ConfigMismatch(ValueError):
+    """The workdir belongs to a run with a different config."""
+
+
+def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``field: old -> new`` for every leaf that differs between two nested config dicts."""
+    lines = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            lines += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            lines.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return lines
+
+
+def check_workdir_config(workdir: str, config: ml_collections.ConfigDict,
+                         allow_change: bool) -> None:
+    """Refuses to continue a run whose saved ``config.json`` differs from ``config``."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        old = json.load(f)
+    # The parallel block is the launch layout (it differs per process), not the experiment.
+    old.pop("parallel", None)
+    new = {k: v for k, v in json.loads(config.to_json()).items() if k != "parallel"}
+    diff = config_differences(old, new)
+    if diff and not allow_change:
+        raise ConfigMismatch(
+            f"{workdir} holds a run with a different config ({path}):\n  " + "\n  ".join(diff)
+            + "\nUse another --workdir, or pass --allow_config_change to continue anyway.")
+
+
+# Config fields that determine the first task's training (besides the strategy's objective).
+FIRST_TASK_FIELDS = ("seed", "problem", "dataset", "scenario", "model", "model_init", "optimizer.name",
+                     "optimizer.lr", "optimizer.weight_decay", "optimizer.grad_clip",
+                     "train.batch_size", "train.epochs")
+
+
+def _field(config: dict, dotted: str) -> Any:
+    for key in dotted.split("."):
+        config = config.get(key, "<absent>") if isinstance(config, dict) else "<absent>"
+    return config
+
+
+def check_first_task_source(source: str, config: ml_collections.ConfigDict,
+                            strategy: Strategy) -> None:
+    """Refuses to reuse the first task of a run that trained it differently."""
+    path = os.path.join(source, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config.first_task_from={source!r}: {path} does not exist; "
+                                f"give the --workdir of a run of the same experiment.")
+    with open(path) as f:
+        theirs = json.load(f)
+    ours = json.loads(config.to_json())
+    diff = config_differences({k: _field(theirs, k) for k in FIRST_TASK_FIELDS},
+                              {k: _field(ours, k) for k in FIRST_TASK_FIELDS})
+    objective = strategy.first_task_objective
+    their_name = _field(theirs, "strategy.name")
+    their_objective = (strategy_class(their_name).first_task_objective
+                       if their_name in available() else None)
+    if objective is None:
+        diff.append(f"strategy {strategy.name!r} cannot reuse a first task")
+    elif their_objective != objective:
+        diff.append(f"first-task objective: {their_name!r} trains it with "
+                    f"{their_objective!r}, {strategy.name!r} with {objective!r}")
+    if diff:
+        raise ValueError(f"config.first_task_from={source!r}: that run's first task was not "
+                         f"trained as this run's would be:\n  " + "\n  ".join(diff)
+                         + "\nTrain the first task in this run (clear first_task_from).")

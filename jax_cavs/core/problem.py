@@ -1,0 +1,118 @@
+"""The Problem protocol: everything the core needs to know of a task kind, and nothing more.
+
+The loop, the steps, the state and the optimiser never look inside a batch, a model or a
+score: they ask the problem (ARCHITECTURE.md, "The Problem protocol"). One object per problem
+implements this protocol (``problems/<name>/problem.py``); the four systems of the family
+(semantic AVS, binary AVS, video classification, sound separation) differ only here.
+
+A batch is a dict of arrays whose first axis is the clip (sample) axis; the core splits it over
+devices and never reads a key, except ``valid`` (float32 [B], 0 for the padding clips that
+complete the last evaluation batch).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Mapping, NamedTuple, Protocol, Sequence
+
+import jax
+import jax.numpy as jnp
+
+Batch = dict[str, jnp.ndarray]
+PyTree = Any
+# A parameter role: regexes (``re.search``) over '/'-joined parameter paths
+# (``core.roles.param_paths``). The roles a problem may name: "classifier" (the class head,
+# whose rows follow the class axis), "norm" (normalisation layers, which importance
+# regularisers leave free), "frozen" (no optimiser state, no update), "adapter" (LoRA-like
+# parameters), "decoder".
+Roles = Mapping[str, tuple[str, ...]]
+
+# Modalities ``Problem.apply`` can drop (feed as zeros / leave out): the visual-only path of
+# CMR's twin and the modality ablations, without special cases in the core.
+MODALITIES = ("audio", "visual")
+
+
+class Outputs(NamedTuple):
+    """A model's outputs: ``logits`` [..., K] over every class of the scenario (static shape;
+    masks say which classes are live) and a dict of named ``features`` that strategies read
+    by name (e.g. ``features["backbone"]`` for PLOP's POD)."""
+
+    logits: jnp.ndarray
+    features: dict[str, Any]
+
+
+class Evaluator(Protocol):
+    """Scores a model on a split, one batch at a time, without host syncs inside the pass.
+
+    ``update`` is pure and jit'd by the core; ``finalize`` runs once on the host and returns::
+
+        {"groups": [score of report group j, None where undefined],  # a row of the
+                                                                     # accuracy matrix
+         "record": {...}}   # what metrics.json's tasks[t] holds beside "task"/"classes"
+
+    ``headline`` names the record entry (a dict of scalars) the run summary prints per task.
+    """
+
+    headline: str
+
+    def init(self) -> PyTree: ...
+
+    def update(self, stats: PyTree, outputs: Outputs, batch: Batch,
+               seen: jnp.ndarray) -> PyTree: ...
+
+    def finalize(self, stats: PyTree, scenario: Any, seen: Any) -> dict[str, Any]: ...
+
+
+class Problem(Protocol):
+    """One task kind: model, batches, losses' inputs, scores, parameter roles.
+
+    Attributes:
+      name: the problem's name (``config.problem``).
+      num_classes: K, outputs of the model (background included where there is one).
+      has_background: class 0 is a background that every task shares (CAVS); masks then
+        always include it.
+      evaluator: see ``Evaluator``.
+    """
+
+    name: str
+    num_classes: int
+    has_background: bool
+    evaluator: Evaluator
+
+    def init(self, rng: jax.Array) -> dict[str, PyTree]:
+        """Initial variables ({"params", "batch_stats"?}) from ``example_batch``."""
+
+    def example_batch(self) -> Batch:
+        """A batch of zeros with the shapes of one real clip (model initialisation)."""
+
+    def apply(self, variables: dict[str, PyTree], batch: Batch, *, train: bool,
+              drop: frozenset[str] = frozenset()) -> tuple[Outputs, PyTree | None]:
+        """Runs the model; returns (outputs, new batch statistics or None when not training).
+
+        ``drop``: modalities of ``MODALITIES`` replaced by the model's "absent" input.
+        """
+
+    def loss(self, outputs: Outputs, batch: Batch, classes: jnp.ndarray,
+             labels: jnp.ndarray | None = None) -> jnp.ndarray:
+        """The problem's supervised loss (float32 scalar) over the live ``classes`` (bool
+        [K]): the softmax runs over them only; ``labels`` default to ``batch``'s."""
+
+    def weights(self, batch: Batch, *, labelled: bool = True) -> jnp.ndarray:
+        """Per-element weights broadcastable to ``logits[..., 0]``: 1 on real samples;
+        ``labelled`` also weighs out elements without ground truth. Distillation needs no
+        labels and uses ``labelled=False``."""
+
+    def param_roles(self) -> Roles:
+        """The parameter roles of this problem's model (``Roles``)."""
+
+    def train_stream(self, items: Sequence[tuple[int, bool, float]], task: Any, *,
+                     batch_size: int, num_epochs: int, seed: int, worker_count: int,
+                     shard_index: int, shard_count: int) -> Iterator[Batch]:
+        """Checkpointable iterator (``get_state``/``set_state``) over ``num_epochs``
+        shuffled epochs of ``items`` ((record, is_memory, valid) of the train split), labels
+        by ``task``'s label policy."""
+
+    def eval_batches(self, split: str, indices: Sequence[int], classes: Any, *,
+                     batch_size: int, worker_count: int, shard_index: int,
+                     shard_count: int) -> Iterator[Batch]:
+        """Eval-mode batches of ``split`` in order, labels restricted to ``classes``, the last
+        batch padded with ``valid = 0`` clips."""

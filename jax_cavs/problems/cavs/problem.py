@@ -1,0 +1,194 @@
+"""CAVS as a ``core.problem.Problem``: semantic audio-visual segmentation, class-incremental,
+with a shared background (spec_cavs §1-§3).
+
+* batch: ``frames`` float32 [N, T, H, W, 3] (ImageNet-normalised), ``audio`` float32
+  [N, T, 96, 64] (VGGish log-mel), ``frame_mask`` [N, T] (real frames), ``labels`` int32
+  [N, T, H, W] (255 = ignore), ``label_mask`` [N, T] (annotated frames), ``is_memory`` [N],
+  ``index`` [N], ``valid`` [N] (``streams.DecodeClip``);
+* model: the AVSBench model (``model.AVSModel``), logits [N, T, H, W, K] over all K classes;
+  ``drop={"audio"}`` feeds zero audio, AVSBench's own "no audio" input (``model`` doc), so the
+  visual-only twin of CMR is the same network;
+* loss: per-pixel CE over the live classes, mean over the pixels of annotated frames of real
+  clips (MiB/PLOP's ``.mean()``); distillation weighs every real frame (``labelled=False``:
+  AVSBench v1s annotates frame 0 only, but the teacher sees all five);
+* evaluator: one confusion matrix over the whole test set, IoU per class, means over the
+  classes present in the ground truth (MiB/PLOP); ``old`` / ``new`` / ``all`` as the CMR
+  tables (``evaluator``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jax_cavs.cl import reduce
+from jax_cavs.core import distributed
+from jax_cavs.core.problem import MODALITIES, Outputs
+from jax_cavs.data import sources
+from jax_cavs.models import weights as weights_lib
+from jax_cavs.models.audio.vggish import VGGISH_NUM_BANDS, VGGISH_NUM_FRAMES
+from jax_cavs.problems.cavs import model as model_lib
+from jax_cavs.problems.cavs import overlays, scenarios, streams
+from jax_cavs.problems.cavs.evaluator import SegmentationEvaluator, mask_unseen
+from jax_cavs.problems.cavs.losses import segmentation
+
+# Parameter paths of ``model.AVSModel`` ('/'-joined, ``core.roles``).
+NORM_LAYERS = (
+    r"(^|/)bn\d+/",           # ResNet BatchNorms (bn1 .. bn3, stem bn1)
+    r"(^|/)downsample_1/",    # BatchNorm of the ResNet shortcut
+    r"(^|/)W_z_1/",           # TPAVI's BatchNorm after W_z
+    r"(^|/)norm_layer/",      # TPAVI's LayerNorm
+)
+CLASSIFIER = (r"^decoder/output_conv_4/",)  # the 1x1 conv producing the K logits
+AUDIO_ENCODER = (r"^audio_encoder/",)
+
+
+def pixel_weights(batch, labelled: bool = True) -> jnp.ndarray:
+    """float32 [N, T, 1, 1]: 1 on (annotated, with ``labelled``) frames of real clips,
+    broadcastable to the pixels; ``CAVSProblem.weights``."""
+    frames = batch["label_mask"] if labelled else batch["frame_mask"]
+    return (frames * batch["valid"][:, None])[..., None, None]
+
+
+def _float32(features):
+    """Feature-distillation losses run in float32 even when the model computes in bfloat16."""
+    return jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), features)
+
+
+@dataclasses.dataclass(eq=False)
+class CAVSProblem:
+    """The CAVS problem of one run: its dataset, model and config (see the module doc)."""
+
+    config: ml_collections.ConfigDict
+    dataset: sources.Dataset
+    model: model_lib.AVSModel
+
+    name = "cavs"
+    has_background = True
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> "CAVSProblem":
+        dataset = distributed.primary_first(lambda: sources.load_dataset(
+            config.dataset.name, config.dataset.config, config.dataset.data_dir))
+        model = model_lib.build_model(ml_collections.ConfigDict(
+            {**config.model.to_dict(), "num_classes": dataset.num_classes}))
+        return cls(config, dataset, model)
+
+    def __post_init__(self):
+        self.evaluator = SegmentationEvaluator(self.num_classes)
+
+    @property
+    def num_classes(self) -> int:
+        return self.dataset.num_classes
+
+    @property
+    def image_size(self) -> int:
+        return self.config.dataset.image_size
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.dataset.class_names)
+
+    # -- scenario -------------------------------------------------------------------------
+    def scenario(self, joint: bool) -> scenarios.Scenario:
+        sc = self.config.scenario
+        return scenarios.build_scenario(
+            self.dataset.index["train"].classes, self.dataset.index["test"].classes,
+            self.num_classes, sc.split, mode=sc.mode, subset=sc.subset,
+            disjoint_rule=sc.disjoint_rule, class_order=tuple(sc.class_order) or None,
+            joint=joint, seed=sc.louvain_seed)
+
+    def train_classes(self, indices) -> list[tuple[int, ...]]:
+        """The ground-truth classes of training records (memory selection by class)."""
+        return [self.dataset.index["train"].classes[int(i)] for i in indices]
+
+    # -- model ----------------------------------------------------------------------------
+    def example_batch(self) -> dict[str, jnp.ndarray]:
+        size, frames = self.image_size, self.dataset.num_frames
+        return {"frames": jnp.zeros((1, frames, size, size, 3)),
+                "audio": jnp.zeros((1, frames, VGGISH_NUM_FRAMES, VGGISH_NUM_BANDS)),
+                "frame_mask": jnp.ones((1, frames))}
+
+    def init(self, rng: jax.Array) -> dict[str, Any]:
+        """Initial variables, with ImageNet ResNet / VGGish weights when configured
+        (``config.model_init``; missing files and mismatching keys or shapes are named)."""
+        batch = self.example_batch()
+        variables = jax.jit(lambda r: self.model.init(
+            r, batch["frames"], batch["audio"], batch["frame_mask"], train=False))(rng)
+        cfg = self.config.model_init
+        dont_load = tuple(cfg.dont_load)
+        if cfg.resnet:
+            variables = weights_lib.load_torchvision_resnet(
+                variables, os.path.expanduser(cfg.resnet), dont_load=dont_load)
+        if cfg.vggish:
+            variables = weights_lib.load_torchvggish(
+                variables, os.path.expanduser(cfg.vggish), dont_load=dont_load)
+        return variables
+
+    def apply(self, variables, batch, *, train: bool, drop=frozenset()):
+        unknown = set(drop) - set(MODALITIES)
+        if unknown:
+            raise ValueError(f"CAVSProblem.apply: cannot drop {sorted(unknown)}; "
+                             f"modalities are {MODALITIES}.")
+        audio = jnp.zeros_like(batch["audio"]) if "audio" in drop else batch["audio"]
+        frames = jnp.zeros_like(batch["frames"]) if "visual" in drop else batch["frames"]
+        args = (frames, audio, batch["frame_mask"])
+        if train:
+            (logits, features), updates = self.model.apply(variables, *args, train=True,
+                                                           mutable=["batch_stats"])
+            return Outputs(logits, _float32(features)), updates["batch_stats"]
+        logits, features = self.model.apply(variables, *args, train=False)
+        return Outputs(logits, _float32(features)), None
+
+    def predict(self, outputs: Outputs, seen) -> jnp.ndarray:
+        """int32 [N, T, H, W]: the argmax over the live classes."""
+        return jnp.argmax(mask_unseen(outputs.logits, seen), axis=-1)
+
+    def predict_with(self, params, batch_stats, seen, batch, drop=frozenset()) -> jnp.ndarray:
+        """``predict`` of the eval-mode model (params, batch_stats) on ``batch``."""
+        outputs, _ = self.apply({"params": params, "batch_stats": batch_stats}, batch,
+                                train=False, drop=drop)
+        return self.predict(outputs, seen)
+
+    def weights(self, batch, *, labelled: bool = True) -> jnp.ndarray:
+        return pixel_weights(batch, labelled)
+
+    def loss(self, outputs, batch, classes, labels=None) -> jnp.ndarray:
+        labels = batch["labels"] if labels is None else labels
+        ce = segmentation.masked_cross_entropy(outputs.logits, labels, classes)
+        return reduce.masked_mean(ce, self.weights(batch))
+
+    def param_roles(self) -> dict[str, tuple[str, ...]]:
+        return {"classifier": CLASSIFIER, "norm": NORM_LAYERS,
+                "frozen": AUDIO_ENCODER if self.config.model.freeze_audio else ()}
+
+    # -- data -----------------------------------------------------------------------------
+    def train_stream(self, items, task, *, batch_size, num_epochs, seed, worker_count,
+                     shard_index, shard_count):
+        keep = task.current if task.label_policy == "current" else task.seen
+        return streams.train_iterator(
+            self.dataset.sources["train"], items, current_mask=keep, seen_mask=task.seen,
+            batch_size=batch_size, num_epochs=num_epochs, seed=seed,
+            image_size=self.image_size, worker_count=worker_count, shard_index=shard_index,
+            shard_count=shard_count)
+
+    def eval_batches(self, split, indices, classes, *, batch_size, worker_count,
+                     shard_index, shard_count):
+        return streams.eval_batches(
+            self.dataset.sources[split], indices, seen_mask=np.asarray(classes),
+            batch_size=batch_size, image_size=self.image_size, worker_count=worker_count,
+            shard_index=shard_index, shard_count=shard_count)
+
+    # -- report ---------------------------------------------------------------------------
+    def report_inputs(self, forward, state, scenario, t, batches) -> dict[str, Any]:
+        """``core.report.write_report``'s problem inputs after task ``t``: class names and
+        qualitative overlays (``overlays.overlay_examples``)."""
+        return {"class_names": list(self.class_names),
+                "overlays": overlays.overlay_examples(self, forward, state, scenario, t,
+                                                      batches)}
