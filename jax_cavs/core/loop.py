@@ -229,7 +229,7 @@ class Experiment:
         scenario = scenarios.build_scenario(
             dataset.index["train"].classes, dataset.index["test"].classes,
             dataset.num_classes, sc.split, mode=sc.mode, subset=sc.subset,
-            disjoint_rule=sc.disjoint_rule, class_order=tuple(sc.class_order) or None,
+            disjoint_rule=sc.disjoint_rule, class_order=sc.class_order,
             joint=strategy.single_task, seed=sc.louvain_seed)
         model = build_model(model_config(config.model, dataset.num_classes))
         state = init_state(config, model, strategy, dataset)
