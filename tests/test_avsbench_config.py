@@ -36,7 +36,8 @@ def test_avsbench_defaults_to_the_papers_sequential_order():
     assert (config.scenario.mode, config.scenario.class_order) == ("disjoint", "sequential")
     # CMR Table 7: new classes = ids 61..70 (trombone..woman); Louvain would regroup them.
     sc = scenarios.build_scenario([[c] for c in range(1, 71)], [[1]], 71, config.scenario.split,
-                                  mode=config.scenario.mode, class_order=config.scenario.class_order)
+                                  mode=config.scenario.mode,
+                                  class_order=config.scenario.class_order)
     assert [t.classes for t in sc.tasks] == [tuple(range(1, 61)), tuple(range(61, 71))]
     # SynthAVS keeps its default (empty: the mode's own, Louvain for disjoint).
     assert config_base.base_config("cmr", config_base.parse_arg("")).scenario.class_order == ()
@@ -45,6 +46,22 @@ def test_avsbench_defaults_to_the_papers_sequential_order():
     config.scenario.class_order = "60-10a"
     config.scenario.class_order = tuple(range(70, 0, -1))
     assert config.scenario.class_order[0] == 70
+
+
+def test_config_docstrings_state_the_incremental_learning_rate_they_get():
+    """Each ``lr / N`` a config's docstring claims is the ratio that config really gets on
+    SynthAVS or under ``:avsbench``, and the SynthAVS one is among them."""
+    import importlib.util
+    import re
+    for method in ("lwf", "lwf_mc", "ilt", "mib", "plop"):
+        spec = importlib.util.spec_from_file_location(method, os.path.join(ROOT, "configs",
+                                                                           f"{method}.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        ratios = [round(c.optimizer.lr / c.optimizer.lr_incremental)
+                  for c in (module.get_config(""), module.get_config("avsbench"))]
+        claimed = {int(n) for n in re.findall(r"lr / (\d+)", module.__doc__)}
+        assert ratios[0] in claimed and claimed <= set(ratios), (method, claimed, ratios)
 
 
 def test_missing_avsbench_data_names_the_directory(tmp_path):
