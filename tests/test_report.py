@@ -283,3 +283,20 @@ def test_scalar_writer_logs_tensorboard_scalars(tmp_path):
     assert [(tag, step) for tag, step, _ in events] == [("train/ce", 1), ("lr", 1),
                                                         ("train/ce", 2)]
     np.testing.assert_allclose([v for _, _, v in events], [0.75, 1e-4, 0.5], rtol=1e-7)
+
+
+def test_benchmark_tables_print_a_dash_for_undefined_values(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(__file__)),
+                                             "benchmarks"))
+    import cmr_ablation  # pylint: disable=import-outside-toplevel
+    import compare_methods  # pylint: disable=import-outside-toplevel
+    one_task = dict(_metrics(), tasks=_metrics()["tasks"][:1], accuracy_matrix=[[0.62, None]])
+    one_task["summary"] = {"num_tasks": 1, "average_accuracy": 0.62, "learning_accuracy": 0.62}
+    no_summary = {k: v for k, v in one_task.items() if k != "summary"}
+    lines = compare_methods.table("overlapped", {"a": {"metrics": one_task, "note": ""},
+                                                 "b": {"metrics": no_summary, "note": ""}})
+    rows = [line for line in lines.splitlines() if line.startswith(("| a ", "| b "))]
+    assert rows == ["| a | - | 62.0 | 61.5 | 62.0 | - | - |  |",
+                    "| b | - | 62.0 | 61.5 | - | - | - |  |"]
+    assert cmr_ablation.cell([None, float("nan")]) == "-"
+    assert cmr_ablation.cell([None, 0.25]) == "25.0"
