@@ -1,8 +1,10 @@
 """EWC (Kirkpatrick et al. PNAS 2017): fine-tuning + λ·c·Σ F (θ − θ*)² with the diagonal
 empirical Fisher F of every past task (spec_family §D, jax_cavs/strategies/ewc.py).
 
-Defaults: FACIL's EWC [mmasana/FACIL src/approach/ewc.py: --lamb 5000, penalty Σ F (θ−θ*)² / 2];
-online consolidation F ← γF + F_new with γ = 1 (Schwarz et al.; Avalanche/Mammoth EWC-on).
+Defaults: FACIL's λ and penalty [mmasana/FACIL src/approach/ewc.py: --lamb 5000,
+Σ F (θ−θ*)² / 2] with online consolidation F ← γF + F_new, γ = 1 (Schwarz et al.;
+Avalanche/Mammoth EWC-on), not FACIL's merge F ← ½F + ½F_new: that is
+``--config.strategy.gamma=0.5 --config.strategy.lam=2500`` (jax_cavs/cl/strategies/ewc.py).
 Normalisation layers and the classifier head are not regularised (``exclude``).
 
 Arguments (after ``:``, comma-separated):

@@ -4,7 +4,8 @@
 Hyper-parameters are the reference ``--method ILT`` [MiB:argparser.py]. ``strategy.feature``
 is the DECISION of spec §5.3: ``"backbone"`` (ResNet layer4, DeepLab's ``body``), or
 ``"neck"`` (deepest TPAVI-fused map) / ``"decoder"`` (D1). Optimiser: as configs/lwf.py
-(the papers' 10x lower incremental learning rate is ``config_base``'s ``lr_incremental``).
+(the papers lower the incremental learning rate 10x; ``config_base``'s ``lr_incremental`` is
+``lr / 2`` on SynthAVS, ``lr / 10`` in the ``:avsbench`` setting).
 
   python -m jax_cavs.main --config configs/ilt.py --workdir workdirs/ilt
   python -m jax_cavs.main --config configs/ilt.py:runlocal --workdir /tmp/ilt

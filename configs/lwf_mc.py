@@ -2,8 +2,9 @@
 distillation of the old classes (spec_cavs §5.4, jax_cavs/strategies/lwf_mc.py).
 
 Hyper-parameters are the reference ``--method LWF-MC`` [MiB:argparser.py: icarl = True,
-icarl_importance = 10, combined mode]. Optimiser: as configs/lwf.py (the papers' 10x lower
-incremental learning rate is ``config_base``'s ``lr_incremental``).
+icarl_importance = 10, combined mode]. Optimiser: as configs/lwf.py (the papers lower
+the incremental learning rate 10x; ``config_base``'s ``lr_incremental`` is ``lr / 2`` on
+SynthAVS, ``lr / 10`` in the ``:avsbench`` setting).
 
   python -m jax_cavs.main --config configs/lwf_mc.py --workdir workdirs/lwf_mc
   python -m jax_cavs.main --config configs/lwf_mc.py:runlocal --workdir /tmp/lwf_mc

@@ -3,8 +3,9 @@ of the new classes (spec_cavs §4, §5.5, jax_cavs/strategies/mib.py).
 
 Hyper-parameters are the reference ``--method MiB`` [MiB/PLOP:argparser.py: loss_kd = 10,
 unce, unkd, init_balanced]. Optimiser: the paper lowers the learning rate 10x for the
-incremental steps (0.01 -> 0.001 with SGD on VOC), which ``config_base`` already does
-(``optimizer.lr_incremental = lr / 10``); the optimiser is the one all methods share.
+incremental steps (0.01 -> 0.001 with SGD on VOC); ``config_base`` sets
+``optimizer.lr_incremental = lr / 2`` on SynthAVS and ``lr / 10`` in the ``:avsbench`` setting
+(see configs/lwf.py); the optimiser is the one all methods share.
 
   python -m jax_cavs.main --config configs/mib.py --workdir workdirs/mib
   python -m jax_cavs.main --config configs/mib.py:runlocal --workdir /tmp/mib

@@ -4,8 +4,9 @@ POD + balanced initialisation (spec_cavs §5.6, jax_cavs/strategies/plop.py).
 Hyper-parameters are the reference ``--method PLOP`` [PLOP:argparser.py]. ``pod_pre_logits``
 is the spec §5.6(b) DECISION ("decoder": D1; "neck": the deepest TPAVI-fused map).
 Optimiser: PLOP lowers the learning rate 10x for the incremental steps (0.01 -> 0.001 with
-SGD), which ``config_base`` already does (``optimizer.lr_incremental = lr / 10``); the
-optimiser is the one all methods of the comparison share.
+SGD); ``config_base`` sets ``optimizer.lr_incremental = lr / 2`` on SynthAVS and ``lr / 10``
+in the ``:avsbench`` setting (see configs/lwf.py); the optimiser is the one all methods of the
+comparison share.
 
   python -m jax_cavs.main --config configs/plop.py --workdir workdirs/plop
   python -m jax_cavs.main --config configs/plop.py:runlocal --workdir /tmp/plop

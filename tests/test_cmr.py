@@ -432,6 +432,16 @@ class StrategyTest(absltest.TestCase):
         self.assertTrue(np.all(np.asarray(extras["csr_replay"]) == -1))
         self.assertIn("thresholds", extras)                       # PLOP's
 
+    def test_full_memory_names_the_real_config_fields(self):
+        memory = ReplayMemory.empty(2, 4).add([7, 9], [1, 2])
+        with self.assertRaisesRegex(ValueError, r"full \(2 slots.*strategy\.per_class "
+                                                r"\(replay\) or strategy\.memory_per_class"):
+            memory.add([11], [3])
+        from jax_cavs.cl.strategies.replay import Replay  # the fields it names exist
+        from jax_cavs.problems.cavs.strategies.cmr import CMR
+        self.assertEqual((Replay(per_class=2).per_class, CMR(memory_per_class=2).memory_per_class),
+                         (2, 2))
+
     def test_replay_is_the_memory_plus_the_draw_with_duplicates(self):
         import types
         from jax_cavs.problems.cavs.strategies.cmr import CMR

@@ -9,6 +9,8 @@ PLOP's 1e-6 epsilon changes IoUs by < 1e-7 relative; rtol=1e-6 holds.
 """
 
 import functools
+import json
+import types
 
 import chex
 import jax.numpy as jnp
@@ -185,7 +187,53 @@ class ContinualTest(absltest.TestCase):
         self.assertAlmostEqual(got["average_accuracy"], 0.7)
         self.assertAlmostEqual(got["learning_accuracy"], 0.7)
         for key in ("forgetting", "bwt", "fwt"):
-            self.assertTrue(np.isnan(got[key]), key)
+            self.assertNotIn(key, got)  # undefined: omitted, never 0 or NaN
+
+    def test_forgetting_maxes_over_every_earlier_row_chaudhry(self):
+        # Zero-shot scores R[j-1, j] defined (ATLAS evaluates task t+1 after task t).
+        r = [[0.80, 0.30, None, None],
+             [0.60, 0.90, 0.95, None],
+             [0.70, 0.50, 0.85, 0.20],
+             [0.40, 0.45, 0.60, 0.75]]
+        got = continual.summarize(r)
+        # AA = (0.40 + 0.45 + 0.60 + 0.75) / 4 = 2.20 / 4; LA = (0.80 + 0.90 + 0.85 + 0.75) / 4.
+        self.assertAlmostEqual(got["average_accuracy"], 0.55)
+        self.assertAlmostEqual(got["learning_accuracy"], 0.825)
+        # max over l in 0..2 (spec_family §C4, Chaudhry): j=0: max(.80, .60, .70) - .40 = .40;
+        # j=1: max(.30, .90, .50) - .45 = .45; j=2: max(-, .95, .85) - .60 = .35 (the zero-shot
+        # row l=1 < j counts; the old l in [j, T-2] gave .85 - .60 = .25, mean 1.10 / 3).
+        self.assertAlmostEqual(got["forgetting"], 1.20 / 3)
+        # (.40 - .80) + (.45 - .90) + (.60 - .85) = -1.10.
+        self.assertAlmostEqual(got["bwt"], -1.10 / 3)
+        # R[0, 1] + R[1, 2] + R[2, 3] = .30 + .95 + .20 = 1.45.
+        self.assertAlmostEqual(got["fwt"], 1.45 / 3)
+
+    def test_undefined_entries_are_excluded_from_every_summary(self):
+        # CAVS: nothing above the diagonal is evaluated; group 1 is absent from the last test.
+        for undefined in (None, np.nan):
+            r = [[0.9, undefined, undefined],
+                 [0.7, 0.6, undefined],
+                 [0.5, undefined, 0.4]]
+            got = continual.summarize(r)
+            self.assertEqual(set(got), {"num_tasks", "average_accuracy", "learning_accuracy",
+                                        "forgetting", "bwt"})  # no fwt, not 0
+            self.assertAlmostEqual(got["average_accuracy"], (0.5 + 0.4) / 2)
+            self.assertAlmostEqual(got["learning_accuracy"], (0.9 + 0.6 + 0.4) / 3)
+            # j=0: max(.9, .7) - .5 = .4; j=1: R[2, 1] undefined -> excluded.
+            self.assertAlmostEqual(got["forgetting"], 0.4)
+            self.assertAlmostEqual(got["bwt"], 0.5 - 0.9)
+
+    def test_loop_writes_undefined_entries_as_null(self):
+        from jax_cavs.core import loop  # pylint: disable=import-outside-toplevel
+        owner = types.SimpleNamespace(
+            strategy=types.SimpleNamespace(name="finetune"),
+            scenario=types.SimpleNamespace(name="2-1", mode="disjoint", subset="all",
+                                           class_order=(1, 2, 3), report_groups=((1, 2), (3,))))
+        meta = {"tasks": [], "accuracy_matrix": [[0.8, None], [0.6, 0.7]]}
+        metrics = json.loads(json.dumps(loop.Experiment.metrics(owner, meta)))
+        self.assertEqual(metrics["accuracy_matrix"], [[0.8, None], [0.6, 0.7]])
+        self.assertNotIn("fwt", metrics["summary"])
+        self.assertAlmostEqual(metrics["summary"]["forgetting"], 0.8 - 0.6)
 
     def test_non_square_matrix_is_rejected(self):
         with self.assertRaisesRegex(ValueError, "square"):

@@ -358,7 +358,7 @@ def test_half_pixel_upsampling_matches_pytorch_align_corners_false(in_hw):
 def _torch_decoder(params, fused, num_classes, head_channels):
     """The AVSBench decoder (spec §3.4) in PyTorch, NCHW, with its in-place ReLUs, loaded with the
     Flax decoder's parameters; returns (logits, D1) channels-last."""
-    torch = pytest.importorskip("torch", reason="the decoder parity test needs the torch extra")
+    torch = pytest.importorskip("torch", reason="the decoder parity test needs torch (dev extra)")
     nn = torch.nn
     c = fused[0].shape[-1]
 

@@ -106,8 +106,10 @@ def assert_metrics_close(expected: dict, actual: dict, atol: float) -> None:
         np.testing.assert_allclose(
             [v for v in got["per_class_iou"] if v is not None],
             [v for v in want["per_class_iou"] if v is not None], rtol=0, atol=atol)
-    np.testing.assert_allclose(actual["accuracy_matrix"], expected["accuracy_matrix"], rtol=0,
-                               atol=atol)
+    def as_float(matrix):  # null (undefined) entries must be null in both, as NaN
+        return np.array([[np.nan if v is None else v for v in row] for row in matrix])
+    np.testing.assert_allclose(as_float(actual["accuracy_matrix"]),
+                               as_float(expected["accuracy_matrix"]), rtol=0, atol=atol)
 
 
 # -- work done in the 8-device subprocess ------------------------------------------------------

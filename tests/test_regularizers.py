@@ -13,6 +13,7 @@ import numpy as np
 from absl.testing import absltest
 
 from jax_cavs.cl import regularizers
+from jax_cavs.cl.strategies.ewc import EWC
 
 RTOL = 1e-6
 
@@ -87,6 +88,20 @@ class EwcTest(chex.TestCase):
                                                       params, mode="online", gamma=0.5)
         chex.assert_trees_all_close(merged, {"w": jnp.array([3.5, 5.0])}, rtol=RTOL)
         chex.assert_trees_all_close(anchor, params)
+
+    def test_online_gamma_half_at_half_lambda_is_facils_merge(self):
+        # FACIL (α = 0.5, from 0): F1 = [2, 4] -> [1, 2]; F2 = [6, 0] -> [0.5 + 3, 1 + 0] =
+        # [3.5, 1]. Ours with γ = 0.5: [2, 4] -> [1 + 6, 2 + 0] = [7, 2] = FACIL / (1 - α),
+        # so λ_ours = λ_FACIL · (1 - α) gives the same penalty (ewc.py docstring).
+        f1, f2 = {"w": jnp.array([2.0, 4.0])}, {"w": jnp.array([6.0, 0.0])}
+        params, zero = {"w": jnp.ones(2)}, {"w": jnp.zeros(2)}
+        ours, _ = regularizers.consolidate_ewc(zero, zero, f1, params, gamma=0.5)
+        ours, _ = regularizers.consolidate_ewc(ours, params, f2, params, gamma=0.5)
+        chex.assert_trees_all_close(jax.tree_util.tree_map(lambda w: 0.5 * w, ours),
+                                    {"w": jnp.array([3.5, 1.0])}, rtol=RTOL)
+        # The defaults (γ = 1) are not that merge: after one task Ω = F1, twice FACIL's.
+        defaults = EWC()
+        self.assertEqual((defaults.lam, defaults.c, defaults.gamma), (5000.0, 0.5, 1.0))
 
     def test_separate_merge_by_hand(self):
         merged, anchor = regularizers.consolidate_ewc(

@@ -18,12 +18,13 @@ from jax_cavs.core import report
 
 GROUPS = [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
 NAMES = ["background", "dog", "cat", "guitar", "piano", "car", "bell", "drum", "baby", "horse"]
-MATRIX = [[0.62, 0.0, 0.0], [0.31, 0.55, 0.0], [0.22, 0.28, 0.49]]
+# null above the diagonal: group j is not evaluated before task j (metrics.json's format).
+MATRIX = [[0.62, None, None], [0.31, 0.55, None], [0.22, 0.28, 0.49]]
 MIOU = [{"old": None, "new": 0.62, "all": 0.615},
         {"old": 0.31, "new": 0.55, "all": 0.4321},
         {"old": 0.25, "new": 0.49, "all": 0.3312}]
-SUMMARY = {"average_accuracy": 0.3312, "learning_accuracy": 0.5533, "forgetting": 0.32,
-           "bwt": -0.32, "fwt": 0.0}
+SUMMARY = {"num_tasks": 3, "average_accuracy": 0.3312, "learning_accuracy": 0.5533,
+           "forgetting": 0.32, "bwt": -0.32}  # no fwt: undefined when nothing is zero-shot
 # Per-class IoU after the last task; class 5 is absent from the test ground truth.
 LAST_IOU = [0.9, 0.3, 0.2, 0.25, 0.35, None, 0.21, 0.6, 0.45, 0.42]
 CONFIG = {"seed": 3, "strategy": {"name": "cmr", "memory_per_class": 5}, "note": "<a&b>"}
@@ -182,7 +183,8 @@ def test_html_tables_hold_the_metrics(cmr_workdir):
                              *(_percent(miou[k]) for k in ("old", "new", "all")),
                              str(12.5 + t)] for t, miou in enumerate(MIOU)]
     assert per_task[2][2:5] == ["31.0", "55.0", "43.2"]  # by hand, 0.4321 -> 43.2
-    assert summary == [list(SUMMARY), [_percent(v) for v in SUMMARY.values()]]
+    shown = {k: v for k, v in SUMMARY.items() if k != "num_tasks"}  # a count, not a %
+    assert summary == [list(shown), [_percent(v) for v in shown.values()]]
     assert pairs_1[1:] == [["dog", "piano", "1042"], ["guitar", "car", "77"]]
     assert pairs_2[1:] == [["dog", "drum", "1042"], ["bell", "baby", "77"]]
     assert json.loads(page.pre) == CONFIG  # shown verbatim, "<a&b>" escaped and decoded
@@ -219,6 +221,15 @@ def test_command_line_rerender_keeps_names_and_overlays(cmr_workdir):
         assert second[name] == first[name], name
     report.write_report(cmr_workdir, overlays=[])
     assert "overlays.png" not in _report_files(cmr_workdir)
+
+
+def test_accuracy_matrix_marks_undefined_entries():
+    fig = report.plot_accuracy_matrix(_metrics())
+    cells = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text()
+             for t in fig.axes[0].texts}
+    assert cells == {(0, 0): "62.0", (0, 1): "–", (0, 2): "–", (1, 0): "31.0",
+                     (1, 1): "55.0", (1, 2): "–", (2, 0): "22.0", (2, 1): "28.0",
+                     (2, 2): "49.0"}
 
 
 def test_voc_palette_and_blend_by_hand():
@@ -272,3 +283,20 @@ def test_scalar_writer_logs_tensorboard_scalars(tmp_path):
     assert [(tag, step) for tag, step, _ in events] == [("train/ce", 1), ("lr", 1),
                                                         ("train/ce", 2)]
     np.testing.assert_allclose([v for _, _, v in events], [0.75, 1e-4, 0.5], rtol=1e-7)
+
+
+def test_benchmark_tables_print_a_dash_for_undefined_values(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(__file__)),
+                                             "benchmarks"))
+    import cmr_ablation  # pylint: disable=import-outside-toplevel
+    import compare_methods  # pylint: disable=import-outside-toplevel
+    one_task = dict(_metrics(), tasks=_metrics()["tasks"][:1], accuracy_matrix=[[0.62, None]])
+    one_task["summary"] = {"num_tasks": 1, "average_accuracy": 0.62, "learning_accuracy": 0.62}
+    no_summary = {k: v for k, v in one_task.items() if k != "summary"}
+    lines = compare_methods.table("overlapped", {"a": {"metrics": one_task, "note": ""},
+                                                 "b": {"metrics": no_summary, "note": ""}})
+    rows = [line for line in lines.splitlines() if line.startswith(("| a ", "| b "))]
+    assert rows == ["| a | - | 62.0 | 61.5 | 62.0 | - | - |  |",
+                    "| b | - | 62.0 | 61.5 | - | - | - |  |"]
+    assert cmr_ablation.cell([None, float("nan")]) == "-"
+    assert cmr_ablation.cell([None, 0.25]) == "25.0"

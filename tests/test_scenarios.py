@@ -84,3 +84,57 @@ def test_bad_fields_name_the_field():
         scenarios.build_scenario(TRAIN, TEST, 9, "6-2", mode="sideways")
     with pytest.raises(ValueError, match="scenario.class_order"):
         scenarios.build_scenario(TRAIN, TEST, 9, "6-2", class_order=(1, 2, 3))
+
+
+def test_named_class_orders_and_their_errors():
+    # "sequential" in disjoint mode: index order, strict filter as before.
+    sc = scenarios.build_scenario(TRAIN, TEST, 9, "6-2", mode="disjoint", class_order="sequential")
+    assert [t.classes for t in sc.tasks] == [(1, 2, 3, 4, 5, 6), (7, 8)]
+    # "louvain" in overlapped mode = the disjoint default's order (1..8 here, see above).
+    lv = scenarios.build_scenario(TRAIN, TEST, 9, "4-4", class_order="louvain")
+    assert lv.class_order == scenarios.louvain_class_order(TRAIN, 9, seed=0)
+    # Empty = the mode's default; a list is an explicit order.
+    assert scenarios.build_scenario(TRAIN, TEST, 9, "6-2", class_order=()).class_order == \
+        tuple(range(1, 9))
+    explicit = scenarios.build_scenario(TRAIN, TEST, 9, "6-2", class_order=[8, 7, 1, 2, 3, 4, 5, 6])
+    assert [t.classes for t in explicit.tasks] == [(1, 2, 3, 4, 7, 8), (5, 6)]
+    with pytest.raises(ValueError, match=r"scenario.class_order='zigzag' is not one of "
+                                         r"\('sequential', 'louvain', '60-10a'"):
+        scenarios.build_scenario(TRAIN, TEST, 9, "6-2", class_order="zigzag")
+    with pytest.raises(ValueError, match="AVSBench-semantic order of 70 classes"):
+        scenarios.build_scenario(TRAIN, TEST, 9, "6-2", class_order="60-10a")
+
+
+# One video per class: every task keeps the videos of its own classes, whatever the order.
+AVSS_TRAIN = [[c] for c in range(1, 71)]
+# CMR authors' avs_bench_public/tasks/get_tasks.py (cqu-student/CAVS-CMR @ 661dfd8), the new
+# classes of every step, written out from lines 15, 27-28, 42-46, 131-135 and 140-144.
+AUTHOR_60_10A_NEW = {41, 70, 68, 13, 26, 1, 5, 63, 9, 64}
+
+
+def _avss(split, order, subset="all"):
+    # CIM keeps only multi-source videos: pair every class with the next one.
+    train = [[c, c % 70 + 1] for c in range(1, 71)] if subset == "cim" else AVSS_TRAIN
+    sc = scenarios.build_scenario(train, [[1]], 71, split, mode="overlapped",
+                                  subset=subset, class_order=order)
+    return [set(t.classes) for t in sc.tasks]
+
+
+def test_cmr_author_orders_match_their_files():
+    first_60 = set(range(1, 71)) - AUTHOR_60_10A_NEW
+    assert _avss("60-10", "60-10a") == [first_60, AUTHOR_60_10A_NEW]
+    assert _avss("60-5", "60-5a") == [first_60, {41, 70, 68, 13, 26}, {1, 5, 63, 9, 64}]
+    first_65 = first_60 | {41, 70, 68, 13, 26}
+    assert _avss("65-1", "65-s1") == [first_65, {1}, {5}, {63}, {9}, {64}]
+    assert _avss("65-1", "65-s1", "cim") == [first_65, {1}, {5}, {63}, {9}, {64}]
+    # task_v2s (CIS): 9 in the first task, 7 fourth (get_tasks.py:41, :45).
+    assert _avss("65-1", "65-s1", "cis") == [first_65 - {7} | {9}, {1}, {5}, {63}, {7}, {64}]
+    # task_v2 (CI) 65-ss: 65, 51, 68, 64, 70; v2s / v2m: 66..70.
+    assert _avss("65-1", "65-ss") == [set(range(1, 71)) - {65, 51, 68, 64, 70},
+                                      {65}, {51}, {68}, {64}, {70}]
+    for subset in ("cis", "cim"):
+        assert _avss("65-1", "65-ss", subset) == [set(range(1, 66)), {66}, {67}, {68}, {69},
+                                                  {70}]
+    assert _avss("60-10", "sequential") == [set(range(1, 61)), set(range(61, 71))]
+    with pytest.raises(ValueError, match="order of split '60-10'.*scenario.split=60-10"):
+        _avss("60-5", "60-10a")

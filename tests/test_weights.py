@@ -4,8 +4,8 @@ The parity tests build torchvision-style ResNets and a torchvggish-style VGG in 
 exact parameter names of those libraries (torchvision itself is not a dependency), save their
 state dicts in the three supported formats (torch zip, legacy torch.save, safetensors), convert
 them with the torch-free reader, and compare the Flax model's outputs with PyTorch's (eval mode).
-They need the ``torch`` test extra (``pip install -e .[torch]``) and are skipped without it; the
-reader/merge tests below them use numpy and safetensors only.
+They need PyTorch, part of the ``dev`` extra (``pip install -e '.[dev]'``), and are skipped
+without it; the reader/merge tests below them use numpy and safetensors only.
 
 Tolerance (float32, unit roundoff u = 2^-24 ≈ 6e-8): a conv/linear output is a dot product of
 length K that XLA and PyTorch sum in different orders, so they differ by about sqrt(K)·u of the
@@ -37,12 +37,12 @@ from jax_cavs.models.backbones.resnet import ResNet, torchvision_key_to_flax_pat
 try:
     import torch
     from torch import nn
-except ImportError:  # the torch extra is not installed
+except ImportError:  # the dev extra (torch) is not installed
     torch = None
 
 requires_torch = pytest.mark.skipif(
-    torch is None, reason="PyTorch is not installed; the parity tests need the test extra "
-                          "'torch' (pip install -e '.[torch]', torch==2.13.0).")
+    torch is None, reason="PyTorch is not installed; the parity tests need the "
+                          "'dev' extra (pip install -e '.[dev]', torch==2.13.0).")
 PARITY_TOL = 1e-5
 FORMATS = ("zip", "legacy", "safetensors")
 
@@ -294,6 +294,17 @@ def test_load_into_avs_model_places_backbone_and_leaves_the_rest(tmp_path):
     others = lambda v: {c: {k: t for k, t in v[c].items() if k != "backbone"}
                         for c in ("params", "batch_stats")}
     chex.assert_trees_all_equal(others(loaded), others(variables))
+
+
+def test_the_skip_message_names_an_extra_that_installs_torch():
+    import os
+    import re
+    import tomllib
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        extras = tomllib.load(f)["project"]["optional-dependencies"]
+    named = re.findall(r"\.\[(\w+)\]", requires_torch.kwargs["reason"])
+    assert named and all(any(r.startswith("torch") for r in extras[n]) for n in named), named
 
 
 def test_merge_params_reports_missing_unexpected_and_shapes():

@@ -340,7 +340,7 @@ class Experiment:
 
     def metrics(self, meta: dict[str, Any]) -> dict[str, Any]:
         """The ``metrics.json`` content for the tasks finished so far."""
-        matrix = [[0.0 if v is None else v for v in row] for row in meta["accuracy_matrix"]]
+        matrix = [list(row) for row in meta["accuracy_matrix"]]  # None = undefined (null)
         metrics = {"method": self.strategy.name, "problem": self.problem.name,
                    "scenario": self.scenario.describe(), "tasks": meta["tasks"],
                    "accuracy_matrix": matrix}

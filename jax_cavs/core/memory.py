@@ -70,8 +70,9 @@ class ReplayMemory:
                 free = np.flatnonzero(~valid)
                 if free.size == 0:
                     raise ValueError(
-                        f"replay memory is full ({self.capacity} slots); raise "
-                        f"config.memory.per_class or lower the number of selected videos.")
+                        f"replay memory is full ({self.capacity} slots, the strategy's "
+                        f"memory_capacity); raise config field strategy.per_class (replay) "
+                        f"or strategy.memory_per_class (cmr), or select fewer videos.")
                 slot = free[:1]
                 mem_ids[slot], valid[slot] = video, True
                 mem_scores[slot, :scores.shape[1]] = scores[i]

@@ -6,7 +6,8 @@ with ``python -m jax_cavs.report DIR``. Inputs read from the workdir:
 * ``metrics.json`` (required, written by ``experiment.Experiment.write_metrics``): ``method``,
   ``scenario`` {split, mode, subset, class_order, groups}, ``tasks`` [{task, classes,
   miou {old, new, all}, per_class_iou [K] (None = class absent from the test ground truth),
-  }], ``accuracy_matrix`` [tasks][groups], optional ``summary`` (CL metrics).
+  }], ``accuracy_matrix`` [tasks][groups] (None = undefined: group not yet seen), optional
+  ``summary`` (CL metrics, keys present only where defined).
 * ``config.json`` (optional): shown verbatim.
 * ``memory/task_<t>.json`` (optional, CMR's MSS, spec_cavs §6.2)::
 
@@ -201,14 +202,18 @@ def _percent_or_nan(value: float | None) -> float:
 
 
 def plot_accuracy_matrix(metrics: Mapping[str, Any]) -> Figure:
-    """Heatmap of mIoU (%) of class group j (columns) after task i (rows), annotated."""
-    matrix = 100.0 * np.asarray(metrics["accuracy_matrix"], np.float64)
+    """Heatmap of mIoU (%) of class group j (columns) after task i (rows), annotated.
+
+    Undefined entries (``null``: group j not yet seen after task i) are blank cells marked "–".
+    """
+    matrix = np.array([[_percent_or_nan(v) for v in row] for row in metrics["accuracy_matrix"]],
+                      np.float64)
     fig, axes = _figure(6.0, 5.0)
     ax = axes[0, 0]
-    image = ax.imshow(matrix, cmap="viridis", vmin=0.0, vmax=100.0)
+    image = ax.imshow(np.ma.masked_invalid(matrix), cmap="viridis", vmin=0.0, vmax=100.0)
     for (i, j), value in np.ndenumerate(matrix):
-        ax.text(j, i, f"{value:.1f}", ha="center", va="center",
-                color="black" if value > 60 else "white")
+        ax.text(j, i, "–" if np.isnan(value) else f"{value:.1f}", ha="center", va="center",
+                color="black" if value > 60 or np.isnan(value) else "white")
     ax.set_xticks(range(matrix.shape[1]))
     ax.set_yticks(range(matrix.shape[0]))
     ax.set_xlabel("classes of task j")
@@ -350,10 +355,10 @@ def render_html(metrics: Mapping[str, Any], images: Sequence[tuple[str, str]],
                       *(_cell(row["miou"][k]) for k in _MIOU_KEYS),
                       timings.get(str(row["task"]), "-"))
                      for row in metrics["tasks"]])]
-    if metrics.get("summary"):
+    summary = {k: v for k, v in metrics.get("summary", {}).items() if k != "num_tasks"}
+    if summary:
         parts += ["<h2>Continual-learning summary (%)</h2>",
-                  _table(tuple(metrics["summary"]),
-                         [[_cell(v) for v in metrics["summary"].values()]])]
+                  _table(tuple(summary), [[_cell(v) for v in summary.values()]])]
     for filename, caption in images:
         parts += [f"<h2>{html.escape(caption)}</h2>",
                   f'<img src="{filename}" alt="{html.escape(caption)}">']

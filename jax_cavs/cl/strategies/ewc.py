@@ -15,15 +15,19 @@ mean loss, not per sample, as both reference codes do.
 
 Consolidation (``regularizers.consolidate_ewc``), ``mode``:
 * ``"online"`` (Schwarz et al. 2018; Avalanche/Mammoth EWC-on): Ω ← γ·Ω + F, θ* ← θ_end.
-  FACIL's merge Ω ← αΩ + (1−α)F is this with γ = α and λ absorbing (1−α).
+  FACIL's merge Ω' ← αΩ' + (1−α)F (both starting at 0) gives Ω' = (1−α)·Ω when γ = α, so
+  FACIL's (λ, α) is this mode with γ = α and λ·(1−α): (5000, 0.5) is γ = 0.5, λ = 2500.
 * ``"separate"`` (Avalanche default): one penalty per past task, stored exactly as a single
   quadratic (see ``consolidate_ewc``).
 
-Defaults: λ = 5000 and c = ½, FACIL's EWC (``--lamb 5000``, penalty ``Σ F (θ−θ*)² / 2``)
-[mmasana/FACIL src/approach/ewc.py]; γ = 1 (online EWC without decay; Mammoth's
-``ewc_on`` has no default γ). MiB's segmentation code instead min-max normalises each Fisher
-tensor to [0, 1] and uses λ = 500 with c = 1 (spec_cavs §5.7, [fcdl94/MiB
-utils/regularizer.py]); we keep the unnormalised Fisher, whose scale is the task loss's.
+Defaults: FACIL's λ = 5000 and c = ½ (``--lamb 5000``, penalty ``Σ F (θ−θ*)² / 2``)
+[mmasana/FACIL src/approach/ewc.py], but *not* FACIL's merge: online with γ = 1, i.e.
+Ω = Σ_t F_t without decay (Avalanche's online EWC with decay 1; Mammoth's ``ewc_on`` has no
+default γ). After one task Ω = F_1 where FACIL has 0.5·F_1, so the penalty on the second
+task is twice FACIL's; ``gamma=0.5, lam=2500`` reproduces FACIL exactly (above). MiB's
+segmentation code instead min-max normalises each Fisher tensor to [0, 1] and uses λ = 500
+with c = 1 (spec_cavs §5.7, [fcdl94/MiB utils/regularizer.py]); we keep the unnormalised
+Fisher, whose scale is the task loss's.
 """
 
 from __future__ import annotations

@@ -101,7 +101,7 @@ class CAVSProblem:
         return scenarios.build_scenario(
             self.dataset.index["train"].classes, self.dataset.index["test"].classes,
             self.num_classes, sc.split, mode=sc.mode, subset=sc.subset,
-            disjoint_rule=sc.disjoint_rule, class_order=tuple(sc.class_order) or None,
+            disjoint_rule=sc.disjoint_rule, class_order=sc.class_order,
             joint=joint, seed=sc.louvain_seed)
 
     def train_classes(self, indices) -> list[tuple[int, ...]]:

@@ -14,6 +14,10 @@ conventions of the CMR paper (Hong et al. 2025, §4.1 and A.5.2) and of MiB/PLOP
   and the training set of task t holds only videos whose classes all belong to task t
   (``disjoint_rule="strict"``, spec_cavs §1.3 DECISION). ``"mib"`` relaxes it to "no future
   classes" (MiB's ``filter_images``).
+* **class order**: ``class_order`` names one (``"sequential"``, ``"louvain"``, or one of the
+  CMR authors' fixed AVSBench orders ``"60-10a"``, ``"60-5a"``, ``"65-s1"``, ``"65-ss"``,
+  ``data/avsbench_classes.py``) or lists the foreground classes explicitly; empty: the mode's
+  default above (sequential for overlapped, Louvain for disjoint).
 * **CIS / CIM** subsets: only videos with exactly one / at least two sounding classes, for
   training and test alike.
 
@@ -30,10 +34,12 @@ import networkx as nx
 import numpy as np
 
 from jax_cavs.core.scenario import Scenario, TaskSpec
+from jax_cavs.data import avsbench_classes
 
 SUBSETS = ("all", "cis", "cim")
 MODES = ("overlapped", "disjoint")
 DISJOINT_RULES = ("strict", "mib")
+CLASS_ORDER_NAMES = ("sequential", "louvain", *avsbench_classes.CMR_AUTHOR_ORDERS)
 
 
 def parse_split(split: str, num_foreground: int) -> tuple[int, ...]:
@@ -76,6 +82,33 @@ def louvain_class_order(class_sets: Sequence[Sequence[int]], num_classes: int,
     return tuple(c for community in ordered for c in community)
 
 
+def resolve_class_order(class_order: str | Sequence[int] | None,
+                        train_classes: Sequence[Sequence[int]], num_classes: int, split: str,
+                        mode: str, subset: str, seed: int = 0) -> tuple[int, ...]:
+    """The foreground classes in task order for ``config.scenario.class_order``.
+
+    ``class_order`` is a name of ``CLASS_ORDER_NAMES``, an explicit sequence of class ids, or
+    empty/None (the mode's default: sequential for overlapped, Louvain for disjoint). The
+    authors' AVSBench orders exist only for AVSBench-semantic's 70 classes and their split.
+    """
+    if class_order is None or (not isinstance(class_order, str) and len(class_order) == 0):
+        class_order = "louvain" if mode == "disjoint" else "sequential"
+    if isinstance(class_order, str):
+        if class_order not in CLASS_ORDER_NAMES:
+            raise ValueError(f"config field scenario.class_order={class_order!r} is not one of "
+                             f"{CLASS_ORDER_NAMES} (or an explicit tuple of class ids).")
+        if class_order == "sequential":
+            return tuple(range(1, num_classes))
+        if class_order == "louvain":
+            return louvain_class_order(train_classes, num_classes, seed)
+        if num_classes != avsbench_classes.AVSS_NUM_CLASSES:
+            raise ValueError(f"config field scenario.class_order={class_order!r} is an "
+                             f"AVSBench-semantic order of 70 classes; this dataset has "
+                             f"{num_classes - 1}: use 'sequential', 'louvain' or a tuple.")
+        return avsbench_classes.author_class_order(class_order, split.strip(), subset)
+    return tuple(int(c) for c in class_order)
+
+
 def _subset_filter(class_sets: Sequence[Sequence[int]], subset: str) -> np.ndarray:
     sizes = np.array([len(c) for c in class_sets])
     if subset == "all":
@@ -92,7 +125,7 @@ def build_scenario(train_classes: Sequence[Sequence[int]],
                    mode: str = "overlapped",
                    subset: str = "all",
                    disjoint_rule: str = "strict",
-                   class_order: Sequence[int] | None = None,
+                   class_order: str | Sequence[int] | None = None,
                    joint: bool = False,
                    seed: int = 0) -> Scenario:
     """Builds a scenario from per-video GT class sets (bg excluded) of the train/test splits.
@@ -105,8 +138,9 @@ def build_scenario(train_classes: Sequence[Sequence[int]],
       subset: ``"all"``, ``"cis"`` (single-source) or ``"cim"`` (multi-source).
       disjoint_rule: ``"strict"`` (videos only of the task's classes) or ``"mib"`` (no future
         classes).
-      class_order: explicit order of the foreground classes (e.g. the paper's Table 7);
-        default sequential for overlapped, Louvain for disjoint.
+      class_order: a name of ``CLASS_ORDER_NAMES`` or an explicit order of the foreground
+        classes (``resolve_class_order``); None/empty: sequential for overlapped, Louvain for
+        disjoint.
       joint: collapse the split into one task with every class (offline upper bound); the
         split's tasks are kept as ``report_groups``.
     """
@@ -116,10 +150,8 @@ def build_scenario(train_classes: Sequence[Sequence[int]],
         if value not in allowed:
             raise ValueError(f"config field {field}={value!r} is not one of {allowed}.")
     sizes = parse_split(split, num_classes - 1)
-    if class_order is None:
-        class_order = (louvain_class_order(train_classes, num_classes, seed)
-                       if mode == "disjoint" else tuple(range(1, num_classes)))
-    class_order = tuple(int(c) for c in class_order)
+    class_order = resolve_class_order(class_order, train_classes, num_classes, split, mode,
+                                      subset, seed)
     if sorted(class_order) != list(range(1, num_classes)):
         raise ValueError(f"config field scenario.class_order must be a permutation of "
                          f"1..{num_classes - 1}; got {class_order}.")
