@@ -225,10 +225,13 @@ class ContinualTest(absltest.TestCase):
 
     def test_loop_writes_undefined_entries_as_null(self):
         from jax_cavs.core import loop  # pylint: disable=import-outside-toplevel
+        from jax_cavs.core.scenario import Scenario  # pylint: disable=import-outside-toplevel
         owner = types.SimpleNamespace(
             strategy=types.SimpleNamespace(name="finetune"),
-            scenario=types.SimpleNamespace(name="2-1", mode="disjoint", subset="all",
-                                           class_order=(1, 2, 3), report_groups=((1, 2), (3,))))
+            problem=types.SimpleNamespace(name="cavs"),
+            scenario=Scenario(name="2-1", mode="disjoint", subset="all", num_classes=4,
+                              tasks=(), test_indices=np.zeros((0,), np.int64),
+                              class_order=(1, 2, 3), report_groups=((1, 2), (3,))))
         meta = {"tasks": [], "accuracy_matrix": [[0.8, None], [0.6, 0.7]]}
         metrics = json.loads(json.dumps(loop.Experiment.metrics(owner, meta)))
         self.assertEqual(metrics["accuracy_matrix"], [[0.8, None], [0.6, 0.7]])

@@ -63,11 +63,13 @@ def _float32(features):
 
 @dataclasses.dataclass(eq=False)
 class CAVSProblem:
-    """The CAVS problem of one run: its dataset, model and config (see the module doc)."""
+    """The CAVS problem of one run: its model, and (from ``from_config``) its config and
+    dataset (see the module doc). ``CAVSProblem(model)`` alone serves the model-side
+    methods (apply, loss, weights, predict, parameter roles), e.g. in unit tests."""
 
-    config: ml_collections.ConfigDict
-    dataset: sources.Dataset
     model: model_lib.AVSModel
+    config: ml_collections.ConfigDict | None = None
+    dataset: sources.Dataset | None = None
 
     name = "cavs"
     has_background = True
@@ -78,14 +80,14 @@ class CAVSProblem:
             config.dataset.name, config.dataset.config, config.dataset.data_dir))
         model = model_lib.build_model(ml_collections.ConfigDict(
             {**config.model.to_dict(), "num_classes": dataset.num_classes}))
-        return cls(config, dataset, model)
+        return cls(model, config, dataset)
 
     def __post_init__(self):
         self.evaluator = SegmentationEvaluator(self.num_classes)
 
     @property
     def num_classes(self) -> int:
-        return self.dataset.num_classes
+        return self.model.num_classes
 
     @property
     def image_size(self) -> int:
@@ -166,7 +168,7 @@ class CAVSProblem:
 
     def param_roles(self) -> dict[str, tuple[str, ...]]:
         return {"classifier": CLASSIFIER, "norm": NORM_LAYERS,
-                "frozen": AUDIO_ENCODER if self.config.model.freeze_audio else ()}
+                "frozen": AUDIO_ENCODER if self.model.freeze_audio else ()}
 
     # -- data -----------------------------------------------------------------------------
     def train_stream(self, items, task, *, batch_size, num_epochs, seed, worker_count,
