@@ -227,7 +227,7 @@ def main() -> None:
     command = regenerate_command("benchmarks/compare_methods.py")
     text = ("mIoU (%) after the last task; old = background + first task's classes, new = "
             "later classes. Avg. acc. / forgetting / BWT over the per-task accuracy matrix "
-            "(jax_cavs.cl.metrics; undefined entries excluded)."
+            "(jax_cavs.core.accuracy; undefined entries excluded)."
             + (f" Every method but LwF-MC, SI and joint starts from {FIRST_TASK_SOURCE}'s "
                "trained first task." if args.share_first_task else "")
             + f"\nRegenerate: `{command}`\n\n"

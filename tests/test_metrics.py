@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest
 
-from jax_cavs.cl import metrics as continual
+from jax_cavs.core import accuracy as continual
 from jax_cavs.problems.cavs import metrics as segmentation
 
 RTOL = 1e-6

@@ -1,4 +1,5 @@
-"""Tests of the run report (jax_cavs/report.py) on a small hand-written workdir."""
+"""Tests of the run report (``core.report`` with CAVS's panels, ``problems/cavs/report.py``,
+and the ``python -m jax_cavs.report`` re-render) on a small hand-written workdir."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 from PIL import Image
 
 from jax_cavs.core import report
+from jax_cavs.problems.cavs import report as cavs_report
 
 GROUPS = [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
 NAMES = ["background", "dog", "cat", "guitar", "piano", "car", "bell", "drum", "baby", "horse"]
@@ -53,9 +55,9 @@ def _metrics():
         iou = LAST_IOU if t == 2 else [float(rng.uniform(0.1, 0.9)) if c in seen else None
                                        for c in range(10)]
         tasks.append({"task": t, "classes": GROUPS[t], "miou": miou, "per_class_iou": iou})
-    return {"method": "cmr", "scenario": {"split": "3-3", "mode": "overlapped",
-                                          "subset": "all", "class_order": list(range(1, 10)),
-                                          "groups": GROUPS},
+    return {"method": "cmr", "problem": "cavs", "headline": "miou",
+            "scenario": {"split": "3-3", "mode": "overlapped", "subset": "all",
+                         "class_order": list(range(1, 10)), "groups": GROUPS},
             "tasks": tasks, "accuracy_matrix": MATRIX, "summary": SUMMARY}
 
 
@@ -159,7 +161,7 @@ def _report_files(workdir):
 
 
 def test_every_referenced_image_exists_with_expected_size_and_content(cmr_workdir):
-    index = report.write_report(cmr_workdir, class_names=NAMES, overlays=_overlays())
+    index = cavs_report.write_report(cmr_workdir, class_names=NAMES, overlays=_overlays())
     page = _page(index)
     expected = {**BASE_IMAGES, **CMR_IMAGES}
     assert sorted(page.images) == sorted(expected)
@@ -175,7 +177,7 @@ def _percent(value):
 
 
 def test_html_tables_hold_the_metrics(cmr_workdir):
-    index = report.write_report(cmr_workdir, class_names=NAMES, overlays=_overlays())
+    index = cavs_report.write_report(cmr_workdir, class_names=NAMES, overlays=_overlays())
     page = _page(index)
     per_task, summary, pairs_1, pairs_2 = page.tables
     assert per_task[0] == ["task", "classes", "old", "new", "all", "seconds"]
@@ -191,7 +193,7 @@ def test_html_tables_hold_the_metrics(cmr_workdir):
 
 
 def test_missing_optional_inputs_are_omitted(base_workdir):
-    index = report.write_report(base_workdir)
+    index = cavs_report.write_report(base_workdir)
     page = _page(index)
     assert sorted(page.images) == sorted(BASE_IMAGES)
     assert sorted(os.listdir(os.path.dirname(index))) == sorted([*BASE_IMAGES, "index.html"])
@@ -202,24 +204,24 @@ def test_missing_optional_inputs_are_omitted(base_workdir):
 
 
 def test_rendering_twice_is_idempotent(cmr_workdir):
-    report.write_report(cmr_workdir, class_names=NAMES, overlays=_overlays())
+    cavs_report.write_report(cmr_workdir, class_names=NAMES, overlays=_overlays())
     first = _report_files(cmr_workdir)
-    report.write_report(cmr_workdir, class_names=NAMES, overlays=_overlays())
+    cavs_report.write_report(cmr_workdir, class_names=NAMES, overlays=_overlays())
     assert _report_files(cmr_workdir) == first
     assert not glob.glob(os.path.join(cmr_workdir, "report.*"))
 
 
 def test_command_line_rerender_keeps_names_and_overlays(cmr_workdir):
-    report.write_report(cmr_workdir, class_names=NAMES, overlays=_overlays())
+    cavs_report.write_report(cmr_workdir, class_names=NAMES, overlays=_overlays())
     first = _report_files(cmr_workdir)
     os.remove(os.path.join(cmr_workdir, "memory", "collisions_2.json"))
-    subprocess.run([sys.executable, "-m", "jax_cavs.core.report", cmr_workdir], check=True,
+    subprocess.run([sys.executable, "-m", "jax_cavs.report", cmr_workdir], check=True,
                    capture_output=True)
     second = _report_files(cmr_workdir)
     assert "collisions_2.png" not in second
     for name in ("overlays.png", "overlays.npz", "class_names.json", "per_class_iou.png"):
         assert second[name] == first[name], name
-    report.write_report(cmr_workdir, overlays=[])
+    cavs_report.write_report(cmr_workdir, overlays=[])
     assert "overlays.png" not in _report_files(cmr_workdir)
 
 
@@ -233,26 +235,26 @@ def test_accuracy_matrix_marks_undefined_entries():
 
 
 def test_voc_palette_and_blend_by_hand():
-    palette = report.voc_palette()
+    palette = cavs_report.voc_palette()
     np.testing.assert_array_equal(palette[[0, 1, 2, 3, 255]],
                                   [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0],
                                    [224, 224, 192]])
     frame = np.array([[[100, 50, 0], [100, 50, 0], [100, 50, 0]]], np.uint8)
     mask = np.array([[0, 1, 255]])
     # alpha 0.5: (frame + colour) / 2, rounded half to even; background pixel untouched.
-    np.testing.assert_array_equal(report.blend_mask(frame, mask, alpha=0.5),
+    np.testing.assert_array_equal(cavs_report.blend_mask(frame, mask, alpha=0.5),
                                   [[[100, 50, 0], [114, 25, 0], [162, 137, 96]]])
 
 
 def test_bad_inputs_name_the_culprit(tmp_path, base_workdir):
     with pytest.raises(FileNotFoundError, match="metrics.json"):
-        report.write_report(str(tmp_path / "nowhere"))
+        cavs_report.write_report(str(tmp_path / "nowhere"))
     bad = _overlays()
     bad[1]["pred"] = bad[1]["pred"][:, :-1]
     with pytest.raises(ValueError, match=r"overlays\[1\]\.pred has shape"):
-        report.write_report(base_workdir, overlays=bad)
+        cavs_report.write_report(base_workdir, overlays=bad)
     with pytest.raises(ValueError, match="class_names has 3 entries"):
-        report.write_report(base_workdir, class_names=NAMES[:3])
+        cavs_report.write_report(base_workdir, class_names=NAMES[:3])
     assert not os.path.exists(os.path.join(base_workdir, "report"))
 
 

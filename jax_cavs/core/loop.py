@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from jax_cavs.cl import metrics as cl_metrics
+from jax_cavs.core import accuracy
 from jax_cavs.core import checkpoint as ckpt_lib
 from jax_cavs.core import guards, parallel, report
 from jax_cavs.core import steps as steps_lib
@@ -342,10 +342,11 @@ class Experiment:
         """The ``metrics.json`` content for the tasks finished so far."""
         matrix = [list(row) for row in meta["accuracy_matrix"]]  # None = undefined (null)
         metrics = {"method": self.strategy.name, "problem": self.problem.name,
+                   "headline": self.problem.evaluator.headline,
                    "scenario": self.scenario.describe(), "tasks": meta["tasks"],
                    "accuracy_matrix": matrix}
         if matrix and len(matrix) == len(matrix[0]):
-            metrics["summary"] = cl_metrics.summarize(np.asarray(matrix))
+            metrics["summary"] = accuracy.summarize(np.asarray(matrix))
         return metrics
 
     def write_metrics(self, meta: dict[str, Any]) -> dict[str, Any]:
@@ -373,7 +374,7 @@ class Experiment:
                 timings = json.load(f)
         timings[str(t)] = round(seconds, 1)
         write_json_atomic(timings_path, timings)
-        report.write_report(self.workdir, **panels)
+        report.write_report(self.workdir, self.problem.report_panels(self.workdir, **panels))
 
 
 def training_items(task_indices, memory_indices=()) -> list[tuple[int, bool, float]]:

@@ -34,7 +34,7 @@ from jax_cavs.data import sources
 from jax_cavs.models import weights as weights_lib
 from jax_cavs.models.audio.vggish import VGGISH_NUM_BANDS, VGGISH_NUM_FRAMES
 from jax_cavs.problems.cavs import model as model_lib
-from jax_cavs.problems.cavs import overlays, scenarios, streams
+from jax_cavs.problems.cavs import overlays, report, scenarios, streams
 from jax_cavs.problems.cavs.evaluator import SegmentationEvaluator, mask_unseen
 from jax_cavs.problems.cavs.losses import segmentation
 
@@ -194,3 +194,8 @@ class CAVSProblem:
         return {"class_names": list(self.class_names),
                 "overlays": overlays.overlay_examples(self, forward, state, scenario, t,
                                                       batches)}
+
+    @staticmethod
+    def report_panels(workdir: str, **inputs) -> report.CAVSPanels:
+        """CAVS's panels of ``core.report`` for ``workdir`` (``report.CAVSPanels``)."""
+        return report.CAVSPanels(workdir, **inputs)

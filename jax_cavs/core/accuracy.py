@@ -1,4 +1,4 @@
-"""Continual-learning summaries of an accuracy matrix (spec_family §C4).
+"""The accuracy matrix's continual-learning summary (spec_family §C4), built by the loop.
 
 ``R[i, j]`` is the score (mIoU, mAP, max-F...) on task j's test data after training task i,
 0-indexed, T tasks. An entry may be *undefined* (``None`` or NaN): CAVS evaluates after task i
