@@ -21,12 +21,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from tqdm import tqdm
 
 from jax_cavs.core import accuracy
 from jax_cavs.core import checkpoint as ckpt_lib
-from jax_cavs.core import guards, parallel, report
+from jax_cavs.core import guards, jsonio, optim, parallel, report
 from jax_cavs.core import steps as steps_lib
 from jax_cavs.core.problem import Problem
 from jax_cavs.core.scenario import Scenario
@@ -34,35 +33,9 @@ from jax_cavs.core.state import ContinualState, copy_tree, create_state
 from jax_cavs.core.strategy import Strategy, TaskContext, TaskInfo, get_strategy
 
 
-def build_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Adam/AdamW (+ global-norm clipping) with the learning rate as a state hyper-parameter,
-    so each task can start a fresh optimiser at its own rate without re-compiling."""
-    if cfg.name not in ("adam", "adamw", "sgd"):
-        raise ValueError(f"config field optimizer.name={cfg.name!r}; valid: adam, adamw, sgd.")
-
-    def make(learning_rate):
-        core = {"adam": lambda: optax.adam(learning_rate),
-                "adamw": lambda: optax.adamw(learning_rate, weight_decay=cfg.weight_decay),
-                "sgd": lambda: optax.sgd(learning_rate, momentum=0.9, nesterov=True)}[cfg.name]()
-        parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip > 0 else []
-        if cfg.name == "sgd" and cfg.weight_decay > 0:
-            parts.append(optax.add_decayed_weights(cfg.weight_decay))
-        return optax.chain(*parts, core)
-
-    return optax.inject_hyperparams(make)(learning_rate=cfg.lr)
-
-
 def fresh_optimizer(state: ContinualState, learning_rate: float) -> ContinualState:
     """A new optimiser state (each task starts fresh, as in PLOP/MiB) at ``learning_rate``."""
-    opt_state = state.tx.init(state.params)
-    hyper = dict(opt_state.hyperparams, learning_rate=jnp.asarray(learning_rate, jnp.float32))
-    return state.replace(opt_state=opt_state._replace(hyperparams=hyper))
-
-
-def write_json_atomic(path: str, value: Any) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f, indent=2)
-    os.replace(path + ".tmp", path)
+    return state.replace(opt_state=optim.fresh_state(state.tx, state.params, learning_rate))
 
 
 @dataclasses.dataclass
@@ -90,7 +63,7 @@ class Experiment:
         state = init_state(config, problem, strategy)
         if jax.process_index() == 0:
             os.makedirs(workdir, exist_ok=True)
-            write_json_atomic(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
+            jsonio.write_json_atomic(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
         return cls(config, workdir, problem, scenario, strategy, state,
                    ckpt_lib.Checkpointer(workdir))
 
@@ -327,7 +300,7 @@ class Experiment:
                 if log and self.writer:
                     self.writer.scalars(int(state.step), {
                         **{f"train/{k}": v for k, v in values.items()},
-                        "train/learning_rate": float(state.opt_state.hyperparams["learning_rate"])})
+                        "train/learning_rate": float(optim.learning_rate(state.opt_state))})
             if checkpoint and cfg.checkpoint_every and (i + 1) % cfg.checkpoint_every == 0 \
                     and not last:
                 guard.check()
@@ -352,7 +325,7 @@ class Experiment:
     def write_metrics(self, meta: dict[str, Any]) -> dict[str, Any]:
         metrics = self.metrics(meta)
         if jax.process_index() == 0:
-            write_json_atomic(os.path.join(self.workdir, "metrics.json"), metrics)
+            jsonio.write_json_atomic(os.path.join(self.workdir, "metrics.json"), metrics)
         return metrics
 
     def write_outputs(self, state: ContinualState, meta: dict[str, Any], t: int,
@@ -373,7 +346,7 @@ class Experiment:
             with open(timings_path) as f:
                 timings = json.load(f)
         timings[str(t)] = round(seconds, 1)
-        write_json_atomic(timings_path, timings)
+        jsonio.write_json_atomic(timings_path, timings)
         report.write_report(self.workdir, self.problem.report_panels(self.workdir, **panels))
 
 
@@ -394,7 +367,8 @@ def init_state(config, problem: Problem, strategy: Strategy,
     """The problem's initial variables, wrapped in a fresh ``ContinualState``."""
     variables = problem.init(jax.random.key(config.seed if seed is None else seed))
     k = problem.num_classes
-    return create_state(variables, build_optimizer(config.optimizer), k,
+    tx = optim.build_optimizer(config.optimizer, problem.param_roles().get("frozen", ()))
+    return create_state(variables, tx, k,
                         strategy.memory_capacity(k), strategy.uses_importance,
                         strategy.init_extras(k), has_background=problem.has_background)
 
