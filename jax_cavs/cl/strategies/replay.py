@@ -19,12 +19,12 @@ for several classes takes one slot), CMR's fixed budget of k videos per class wi
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import jax
 
 from jax_cavs.cl import selection
+from jax_cavs.core import jsonio
 from jax_cavs.core import strategy as base
 from jax_cavs.cl.strategies.finetune import Finetune
 
@@ -63,11 +63,6 @@ class Replay(Finetune):
 
 def write_selection(workdir: str, task: int, rule: str, chosen: dict) -> None:
     """Writes ``<workdir>/memory/replay_<task>.json`` (format in the module docstring)."""
-    directory = os.path.join(workdir, "memory")
-    os.makedirs(directory, exist_ok=True)
     record = {"task": task, "selection": rule,
               "classes": {str(c): [int(i) for i in ids] for c, ids in sorted(chosen.items())}}
-    path = os.path.join(directory, f"replay_{task}.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(record, f, indent=2)
-    os.replace(path + ".tmp", path)
+    jsonio.write_json_atomic(os.path.join(workdir, "memory", f"replay_{task}.json"), record)

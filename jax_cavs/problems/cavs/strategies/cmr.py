@@ -56,14 +56,13 @@ task but the last, and, for t >= 1 with CSR on, ``DIR/memory/collisions_<t>.json
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 
-from jax_cavs.core import distributed
+from jax_cavs.core import distributed, jsonio
 from jax_cavs.problems.cavs import collision
 from jax_cavs.problems.cavs import mss
 from jax_cavs.problems.cavs import metrics as seg_metrics
@@ -92,7 +91,8 @@ class VisualTwinCE(Finetune):
     init_balanced: bool = True
 
     def begin_task(self, state, task):
-        return begin_balanced(super().begin_task(state, task), task, self.init_balanced)
+        return begin_balanced(super().begin_task(state, task), task, self.init_balanced,
+                              self.problem)
 
 
 @base.register
@@ -282,9 +282,4 @@ def write_record(ctx: base.TaskContext, filename: str, record: dict[str, Any]) -
     """Writes ``record`` to ``ctx.workdir/memory/filename`` atomically (primary process)."""
     if not distributed.is_primary():
         return
-    directory = os.path.join(ctx.workdir, "memory")
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, filename)
-    with open(path + ".tmp", "w") as f:
-        json.dump(record, f, indent=2)
-    os.replace(path + ".tmp", path)
+    jsonio.write_json_atomic(os.path.join(ctx.workdir, "memory", filename), record)
