@@ -35,7 +35,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 
-IGNORE_LABEL = 255
+from jax_cavs.data import IGNORE_INDEX
+
 _INDEX_FORMAT = 1
 _INDEX_FIELDS = ('uid', 'classes', 'consistency', 'corruption', 'subset')
 _REQUIRED_METADATA = ('class_names', 'num_frames', 'image_size')
@@ -124,7 +125,7 @@ def record_classes(record: Mapping) -> tuple[int, ...]:
     labels = np.asarray(record['labels'])
     frames = np.asarray(record['label_mask'], bool) & np.asarray(record['frame_mask'], bool)
     values = np.unique(labels[frames])
-    return tuple(int(c) for c in values if c not in (0, IGNORE_LABEL))
+    return tuple(int(c) for c in values if c not in (0, IGNORE_INDEX))
 
 
 def build_class_index(source: Sequence[Mapping], description: str = 'class index') -> SplitIndex:

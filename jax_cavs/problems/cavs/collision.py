@@ -49,10 +49,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax_cavs.data import IGNORE_INDEX
 from jax_cavs.core import parallel
 from jax_cavs.problems.cavs import metrics as seg_metrics
 
-IGNORE_INDEX = 255
 COUNTING_UNITS = ("video", "frame")
 SIGNIFICANCE_RULES = ("mean", "uniform", "class_mean")
 SMOOTHINGS = ("sigmoid", "standardized")

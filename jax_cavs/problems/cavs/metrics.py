@@ -30,7 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-IGNORE_INDEX = 255
+from jax_cavs.data import IGNORE_INDEX
+
 PLOP_EPS = 1e-6
 AVSBENCH_BETA2 = 0.3
 PER_FRAME_CONVENTIONS = ("union", "avsbench")

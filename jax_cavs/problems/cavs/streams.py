@@ -27,10 +27,10 @@ from typing import Any, Iterator, Sequence
 import grain
 import numpy as np
 
+from jax_cavs.data import IGNORE_INDEX
 from jax_cavs.data import audio as audio_lib
 from jax_cavs.data import transforms
 
-IGNORE = 255
 
 
 def label_lut(keep: np.ndarray) -> np.ndarray:
@@ -38,7 +38,7 @@ def label_lut(keep: np.ndarray) -> np.ndarray:
     lut = np.zeros(256, np.uint8)
     kept = np.flatnonzero(keep)
     lut[kept] = kept
-    lut[IGNORE] = IGNORE
+    lut[IGNORE_INDEX] = IGNORE_INDEX
     return lut
 
 
@@ -66,7 +66,7 @@ class DecodeClip(grain.transforms.Map):
         label_mask = np.asarray(record["label_mask"], bool)
         frame_mask = np.asarray(record["frame_mask"], np.float32)
         labels = (self._memory_lut if is_memory else self._lut)[labels]
-        labels[~label_mask] = IGNORE
+        labels[~label_mask] = IGNORE_INDEX
         waveform = audio_lib.int16_to_float(record["audio"])
         # Padded frames are zero *after* normalisation, as in AVSBench's loader.
         normalized = transforms.normalize_imagenet(frames) * frame_mask[:, None, None, None]

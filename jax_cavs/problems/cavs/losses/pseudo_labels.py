@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax_cavs.data import IGNORE_INDEX
 from jax_cavs.cl.reduce import masked_softmax, num_classes_in
 
-IGNORE_INDEX = 255
 NUM_BINS = 100
 BASE_THRESHOLD = 0.001
 BG_MASK_MODES = ("old", "background")

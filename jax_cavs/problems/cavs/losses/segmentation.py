@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax_cavs.data import IGNORE_INDEX
 from jax_cavs.cl.reduce import masked_log_softmax, masked_logsumexp
 
-IGNORE_INDEX = 255
 
 
 def _gather_class(values: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
