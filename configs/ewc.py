@@ -5,7 +5,7 @@ Defaults: FACIL's λ and penalty [mmasana/FACIL src/approach/ewc.py: --lamb 5000
 Σ F (θ−θ*)² / 2] with online consolidation F ← γF + F_new, γ = 1 (Schwarz et al.;
 Avalanche/Mammoth EWC-on), not FACIL's merge F ← ½F + ½F_new: that is
 ``--config.strategy.gamma=0.5 --config.strategy.lam=2500`` (jax_cavs/cl/strategies/ewc.py).
-Normalisation layers and the classifier head are not regularised (``exclude``).
+Normalisation layers and the classifier head are not regularised (``exclude_roles``).
 
 Arguments (after ``:``, comma-separated):
   mode=online|separate   consolidation of the per-task Fisher matrices
@@ -16,7 +16,6 @@ Arguments (after ``:``, comma-separated):
 """
 
 from jax_cavs.problems.cavs import config as config_base
-from jax_cavs.cl.strategies import importance
 
 
 def get_config(arg=None):
@@ -27,5 +26,5 @@ def get_config(arg=None):
     s.c = 0.5                               # FACIL: Σ F (θ−θ*)² / 2
     s.mode = args.mode
     s.gamma = 1.0                           # online decay γ (1: no decay)
-    s.exclude = importance.DEFAULT_EXCLUDE  # norm layers + classifier head
+    s.exclude_roles = ("norm", "classifier")  # left free (problem roles)
     return config

@@ -4,14 +4,13 @@ jax_cavs/strategies/mas.py).
 
 Defaults: FACIL's MAS [mmasana/FACIL src/approach/mas.py: --lamb 1, --alpha 0.5
 (Ω ← αΩ + (1−α)Ω_new), penalty Σ Ω (θ−θ*)² / 2]. Normalisation layers and the classifier head
-are not regularised (``exclude``).
+are not regularised (``exclude_roles``).
 
   python -m jax_cavs.main --config configs/mas.py --workdir workdirs/mas
   python -m jax_cavs.main --config configs/mas.py:runlocal --workdir /tmp/mas
 """
 
 from jax_cavs.problems.cavs import config as config_base
-from jax_cavs.cl.strategies import importance
 
 
 def get_config(arg=None):
@@ -21,5 +20,5 @@ def get_config(arg=None):
     s.lam = 1.0                             # FACIL --lamb
     s.c = 0.5                               # FACIL: Σ Ω (θ−θ*)² / 2
     s.alpha = 0.5                           # FACIL --alpha
-    s.exclude = importance.DEFAULT_EXCLUDE  # norm layers + classifier head
+    s.exclude_roles = ("norm", "classifier")  # left free (problem roles)
     return config

@@ -4,14 +4,13 @@
 Defaults: FACIL's path integral [mmasana/FACIL src/approach/path_integral.py: --lamb 0.1
 ("c", 1e-3 < c < 0.1 in the paper), --damping 0.1 (ξ, the paper's MNIST value; 1e-3 on CIFAR),
 penalty λ Σ Ω (θ−θ*)², i.e. c = 1]. Normalisation layers and the classifier head are not
-regularised (``exclude``; Avalanche SI excludes BatchNorm, FACIL the heads).
+regularised (``exclude_roles``; Avalanche SI excludes BatchNorm, FACIL the heads).
 
   python -m jax_cavs.main --config configs/si.py --workdir workdirs/si
   python -m jax_cavs.main --config configs/si.py:runlocal --workdir /tmp/si
 """
 
 from jax_cavs.problems.cavs import config as config_base
-from jax_cavs.cl.strategies import importance
 
 
 def get_config(arg=None):
@@ -21,5 +20,5 @@ def get_config(arg=None):
     s.lam = 0.1                             # FACIL --lamb (Zenke et al.'s c)
     s.c = 1.0                               # FACIL: λ Σ Ω (θ−θ*)²
     s.xi = 0.1                              # FACIL --damping
-    s.exclude = importance.DEFAULT_EXCLUDE  # norm layers + classifier head
+    s.exclude_roles = ("norm", "classifier")  # left free (problem roles)
     return config

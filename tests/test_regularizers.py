@@ -14,6 +14,7 @@ from absl.testing import absltest
 
 from jax_cavs.cl import regularizers
 from jax_cavs.cl.strategies.ewc import EWC
+from jax_cavs.core import roles
 
 RTOL = 1e-6
 
@@ -28,16 +29,16 @@ class MaskTest(absltest.TestCase):
 
     def test_param_paths_and_mask(self):
         params = _params()
-        self.assertEqual(regularizers.param_paths(params)["encoder"]["conv"]["kernel"],
+        self.assertEqual(roles.param_paths(params)["encoder"]["conv"]["kernel"],
                          "encoder/conv/kernel")
-        mask = regularizers.param_mask(params, [r"BatchNorm", r"^head/"])
+        mask = roles.leaf_mask(params, exclude=[r"BatchNorm", r"^head/"])
         self.assertEqual(mask, {"encoder": {"conv": {"kernel": True, "bias": True},
                                             "BatchNorm_0": {"scale": False}},
                                 "head": {"kernel": False}})
 
     def test_apply_mask_zeros_excluded_leaves(self):
         params = _params()
-        masked = regularizers.apply_mask(params, regularizers.param_mask(params, ["head"]))
+        masked = regularizers.apply_mask(params, roles.leaf_mask(params, exclude=["head"]))
         np.testing.assert_array_equal(masked["head"]["kernel"], [[0.0]])
         np.testing.assert_array_equal(masked["encoder"]["conv"]["kernel"], [1.0, 2.0])
 

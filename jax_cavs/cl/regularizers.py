@@ -18,46 +18,21 @@ Avalanche MAS/SI, c = 1 in Avalanche EWC and Mammoth). They differ only in how �
   (Ω ← αΩ + (1-α)Ω_new) [FACIL mas.py].
 
 The model/data passes that produce the gradients belong to the strategies; this module only
-transforms pytrees and is jit-able throughout. ``param_mask`` selects the regularised leaves
-(e.g. excludes normalisation layers and heads, as Avalanche SI excludes BatchNorm);
-``apply_mask(importance, mask)`` zeroes the excluded leaves' importance, which removes them
-from the penalty.
+transforms pytrees and is jit-able throughout. ``core.roles.leaf_mask`` selects the
+regularised leaves (e.g. excludes normalisation layers and heads, as Avalanche SI excludes
+BatchNorm); ``apply_mask(importance, mask)`` zeroes the excluded leaves' importance, which
+removes them from the penalty.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 PyTree = Any
 EWC_MODES = ("online", "separate")
-
-
-def _key_name(key) -> str:
-    for attribute in ("key", "name", "idx"):
-        if hasattr(key, attribute):
-            return str(getattr(key, attribute))
-    return str(key)
-
-
-def param_paths(params: PyTree) -> PyTree:
-    """Pytree of strings: each leaf's path joined with '/' (e.g. ``'decoder/head/kernel'``)."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: "/".join(_key_name(k) for k in path), params)
-
-
-def param_mask(params: PyTree, exclude_regexes: Sequence[str] = ()) -> PyTree:
-    """Pytree of Python bools: True where a leaf is regularised.
-
-    A leaf is excluded when any regex matches its '/'-joined path with ``re.search``, e.g.
-    ``(r"BatchNorm|LayerNorm|bn", r"^head/")``.
-    """
-    patterns = [re.compile(regex) for regex in exclude_regexes]
-    return jax.tree_util.tree_map(
-        lambda path: not any(p.search(path) for p in patterns), param_paths(params))
 
 
 def apply_mask(tree: PyTree, mask: PyTree) -> PyTree:

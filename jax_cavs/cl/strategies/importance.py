@@ -10,14 +10,16 @@ params' structure; ``uses_importance`` makes ``create_state`` allocate them). On
 Ω = 0, so the penalty and its gradient vanish. The three methods differ only in how Ω is
 estimated at the end of each task (``ewc.py``, ``si.py``, ``mas.py``).
 
-Excluded parameters: every leaf whose '/'-joined path matches one of the ``exclude`` regexes
-gets Ω = 0 at consolidation (``regularizers.param_mask`` / ``apply_mask``), hence no penalty and
-exactly zero penalty gradient. ``DEFAULT_EXCLUDE`` removes the normalisation layers (Avalanche SI
-excludes BatchNorm: its scale/shift are re-estimated per domain) and the classifier head (FACIL
-keeps importance "for the model, but not for the heads", spec_family §D). Note that in
-class-incremental segmentation the head is shared by all tasks, so leaving it free means the
-old classes' logits are not protected by the penalty; set ``exclude`` to the norm layers only
-to regularise the head as well.
+Regularised parameters are named by the problem's parameter roles (``core.roles``): a leaf is
+regularised when it is in ``include_roles`` / matches ``include`` (every leaf when both are
+empty; LRA-style methods: "adapter" + "decoder" only) and is in none of ``exclude_roles`` and
+matches none of ``exclude``. The others get Ω = 0 at consolidation (``regularizers.apply_mask``),
+hence no penalty and exactly zero penalty gradient. The default excludes the "norm" role
+(Avalanche SI excludes BatchNorm: its scale/shift are re-estimated per domain) and the
+"classifier" role (FACIL keeps importance "for the model, but not for the heads",
+spec_family §D). In class-incremental segmentation the head is shared by all tasks, so leaving
+it free means the old classes' logits are not protected by the penalty; set
+``exclude_roles=("norm",)`` to regularise the head as well.
 
 The data passes that estimate Ω (EWC, MAS) are one jit'd gradient per *batch* of the task's
 training videos (``gradient_sum``), accumulated on device; they run in eval mode (BatchNorm
@@ -27,23 +29,13 @@ running statistics, no dropout), as Avalanche computes its Fisher.
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Callable
 
 from jax_cavs.cl import regularizers
+from jax_cavs.core import roles
 from jax_cavs.core.state import copy_tree
 from jax_cavs.core import strategy as base
 from jax_cavs.cl.strategies.finetune import Finetune
-
-# Parameter paths of ``jax_cavs.models.avs.AVSModel`` (see ``regularizers.param_paths``).
-NORM_LAYERS = (
-    r"(^|/)bn\d+/",           # ResNet BatchNorms (bn1 .. bn3, stem bn1)
-    r"(^|/)downsample_1/",    # BatchNorm of the ResNet shortcut
-    r"(^|/)W_z_1/",           # TPAVI's BatchNorm after W_z
-    r"(^|/)norm_layer/",      # TPAVI's LayerNorm
-)
-CLASSIFIER_HEAD = (r"^decoder/output_conv_4/",)  # the 1x1 conv producing the K logits
-DEFAULT_EXCLUDE = NORM_LAYERS + CLASSIFIER_HEAD
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,28 +46,38 @@ class ImportanceStrategy(Finetune):
       lam: λ, the penalty strength.
       c: the constant factor of the penalty: ½ (FACIL EWC/MAS, Avalanche MAS/SI) or 1
         (Avalanche EWC, FACIL SI, Mammoth), spec_family §D.
-      exclude: regexes (``re.search`` on '/'-joined parameter paths) of unregularised leaves.
+      exclude_roles / include_roles: parameter roles of the problem left free / regularised.
+      exclude / include: extra regexes (``re.search`` on '/'-joined parameter paths).
     """
 
     uses_importance = True
 
     lam: float = 1.0
     c: float = 0.5
-    exclude: tuple[str, ...] = DEFAULT_EXCLUDE
+    exclude_roles: tuple[str, ...] = ("norm", "classifier")
+    include_roles: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()
 
     def __post_init__(self):
-        # Configs may hand over a list; the strategy must stay hashable (it keys the jit cache).
-        object.__setattr__(self, "exclude", tuple(str(r) for r in self.exclude))
-        for regex in self.exclude:
-            try:
-                re.compile(regex)
-            except re.error as error:
-                raise ValueError(f"config field strategy.exclude: {regex!r} is not a valid "
-                                 f"regular expression ({error}).") from None
+        # Configs may hand over lists; the strategy must stay hashable (it keys the jit cache).
+        for field in ("exclude_roles", "include_roles", "exclude", "include"):
+            object.__setattr__(self, field, tuple(str(r) for r in getattr(self, field)))
+            if field in ("exclude", "include"):
+                roles.compile_regexes(getattr(self, field), f"strategy.{field}")
+        if self.problem is not None:
+            self.regularised_regexes()
         if self.lam < 0:
             raise ValueError(f"config field strategy.lam={self.lam} must be >= 0.")
         if self.c <= 0:
             raise ValueError(f"config field strategy.c={self.c} must be > 0 (1/2 or 1).")
+
+    def regularised_regexes(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(include, exclude) regexes: the named roles of the problem plus the extra ones."""
+        declared = self.problem.param_roles() if self.problem is not None else {}
+        include = roles.role_regexes(declared, self.include_roles, "strategy.include_roles")
+        exclude = roles.role_regexes(declared, self.exclude_roles, "strategy.exclude_roles")
+        return include + self.include, exclude + self.exclude
 
     def penalty(self, params, state):
         return regularizers.quadratic_penalty(params, state.anchor, state.importance,
@@ -88,7 +90,8 @@ class ImportanceStrategy(Finetune):
         as the anchor, and the train step donates the whole state, so shared buffers would be
         donated twice.
         """
-        mask = regularizers.param_mask(state.params, self.exclude)
+        include, exclude = self.regularised_regexes()
+        mask = roles.leaf_mask(state.params, include, exclude)
         return state.replace(importance=regularizers.apply_mask(importance, mask),
                              anchor=copy_tree(anchor), **fields)
 

@@ -31,21 +31,18 @@ from jax_cavs.cl import distillation
 from jax_cavs.cl import reduce
 from jax_cavs.problems.cavs.losses import segmentation
 from jax_cavs.core.state import ContinualState
+from jax_cavs.core import roles
 from jax_cavs.core import strategy as base
 
-# The final 1x1 conv of ``AVSModel``'s decoder: kernel [1, 1, C, K], bias [K].
-CLASSIFIER = ("decoder", "output_conv_4")
-
-
-def begin_balanced(state: ContinualState, task, enabled: bool) -> ContinualState:
+def begin_balanced(state: ContinualState, task, enabled: bool, problem) -> ContinualState:
     """The balanced initialisation at the start of every incremental task (not task 0), when
     ``enabled``; the ``begin_task`` step shared by MiB, PLOP and CMR's visual twin."""
     if enabled and task.index > 0:
-        return init_balanced_classifier(state, task.current)
+        return init_balanced_classifier(state, task.current, problem.param_roles()["classifier"])
     return state
 
 
-def init_balanced_classifier(state: ContinualState, current) -> ContinualState:
+def init_balanced_classifier(state: ContinualState, current, classifier) -> ContinualState:
     """MiB's balanced initialisation of the current classes' classifier rows (spec §4).
 
     ``W_c ← W_bg`` and ``b_c ← b_bg - ln(|C_t| + 1)`` for every c in ``current``, and also
@@ -55,20 +52,24 @@ def init_balanced_classifier(state: ContinualState, current) -> ContinualState:
     model's.
 
     Args:
-      state: the continual state; ``state.params[decoder][output_conv_4]`` holds the kernel
-        [1, 1, C, K] and bias [K].
+      state: the continual state.
       current: bool [K] classes of the task being started (never background).
+      classifier: the problem's "classifier" role (``core.roles``): regexes matching exactly
+        one kernel [..., K] and one bias [K] (CAVS: the decoder's final 1x1 conv).
 
     Returns:
       ``state`` with the new classifier; every other parameter is the same array.
     """
-    outer, inner = CLASSIFIER
-    head = state.params[outer][inner]
-    kernel, bias = distillation.init_balanced(head["kernel"], head["bias"],
-                                              jnp.asarray(current))
-    params = {**state.params,
-              outer: {**state.params[outer], inner: {**head, "kernel": kernel, "bias": bias}}}
-    return state.replace(params=params)
+    head = roles.matching(state.params, classifier)
+    kernel = [path for path in head if path.endswith("kernel")]
+    bias = [path for path in head if path.endswith("bias")]
+    if len(kernel) != 1 or len(bias) != 1:
+        raise ValueError(f"the problem's 'classifier' role {tuple(classifier)} must match one "
+                         f"kernel and one bias; it matches {sorted(head)}.")
+    new_kernel, new_bias = distillation.init_balanced(head[kernel[0]], head[bias[0]],
+                                                      jnp.asarray(current))
+    return state.replace(params=roles.replace_leaves(
+        state.params, {kernel[0]: new_kernel, bias[0]: new_bias}))
 
 
 @base.register
@@ -90,7 +91,7 @@ class MiB(base.Strategy):
     init_balanced: bool = True
 
     def begin_task(self, state, task):
-        return begin_balanced(super().begin_task(state, task), task, self.init_balanced)
+        return begin_balanced(super().begin_task(state, task), task, self.init_balanced, self.problem)
 
     def loss(self, state, batch, student, teacher, rng):
         unce = reduce.masked_mean(segmentation.unbiased_cross_entropy(

@@ -152,7 +152,7 @@ class PLOP(base.Strategy):
         return {"thresholds": jnp.full((num_classes,), self.pseudo_threshold, jnp.float32)}
 
     def begin_task(self, state, task):
-        return begin_balanced(super().begin_task(state, task), task, self.init_balanced)
+        return begin_balanced(super().begin_task(state, task), task, self.init_balanced, self.problem)
 
     def prepare_task(self, state, ctx):
         if ctx.task.index == 0:
