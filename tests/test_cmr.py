@@ -44,6 +44,7 @@ from data_pipelines.synth_avs_scenes import (FULL_CONSISTENCY_SNR_DB, ZERO_CONSI
                                              SynthAVSGenerator)
 from jax_cavs.problems.cavs import collision
 from jax_cavs.problems.cavs import mss
+from jax_cavs.problems.cavs.problem import CAVSProblem
 from jax_cavs.core.memory import ReplayMemory
 
 RTOL_F32 = 1e-6
@@ -512,8 +513,10 @@ def test_config_arguments():
 # -- the jit'd passes over padded batches, with a stub model ------------------------------------
 
 class _StubModel:
-    """Stands in for ``AVSModel`` in ``train.forward``: one-hot logits of class
+    """Stands in for ``AVSModel`` inside ``CAVSProblem.apply``: one-hot logits of class
     ``frames[..., 0]``, or of ``frames[..., 1]`` on frames whose audio is nonzero."""
+
+    num_classes = 4
 
     @staticmethod
     def apply(variables, frames, audio, frame_mask, train=False):
@@ -555,7 +558,7 @@ class PassTest(absltest.TestCase):
 
     def test_mss_pass_scores_both_models_and_drops_padding(self):
         classes = np.ones(4, bool)
-        scores = mss.score_videos(_StubModel(), self.params, self.params, classes,
+        scores = mss.score_videos(CAVSProblem(_StubModel()), self.params, self.params, classes,
                                   _stub_batches(self.frames, self.labels, self.audio_on),
                                   lambda batch: batch)
         av_pred = np.where(self.audio_on[..., None, None], self.audio_class, self.visual)
@@ -574,7 +577,7 @@ class PassTest(absltest.TestCase):
         old = np.array([1, 1, 0, 0], bool)
         current = np.array([0, 0, 1, 1], bool)
         ids, per_frame, pairs = collision.old_model_collisions(
-            _StubModel(), *self.params, old, current,
+            CAVSProblem(_StubModel()), *self.params, old, current,
             _stub_batches(self.frames, self.labels, self.audio_on), lambda batch: batch)
         # The old model's argmax over {0, 1}: class 1 where the one-hot class is 1, else 0.
         av_class = np.where(self.audio_on[..., None, None], self.audio_class, self.visual)

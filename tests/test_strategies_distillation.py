@@ -4,7 +4,9 @@ The strategies are exercised on hand-made model outputs (logits [N, T, H, W, K] 
 ``AVSModel`` features dict) with a sequential class layout, so the numpy references slice
 channels exactly as the PyTorch code does (``z[..., :C_o]``, ``z[..., :K_t]``): classes 0-2 are
 old (background included), 3-4 the current task's, 5 is unseen and carries a junk logit that
-must change nothing. Frame 1 of clip 1 is not annotated (weight 0); clip 1 is a replayed one.
+must change nothing. Frame 1 of clip 1 is not annotated: it weighs 0 in the supervised terms
+(``problem.weights(batch)``) but 1 in the distillation terms, which weigh every real frame
+(``problem.weights(batch, labelled=False)``); clip 1 is a replayed one.
 
 The gradient of a loss reaches a classifier column only through its logit channel (and the
 2x2 average of the logits, ``logits_small``), so zero gradient on the unseen channels of both
@@ -26,6 +28,8 @@ import optax
 from absl.testing import absltest
 
 from jax_cavs.problems.cavs import strategies
+from jax_cavs.problems.cavs.model import AVSModel
+from jax_cavs.problems.cavs.problem import CAVSProblem
 from jax_cavs.problems.cavs.losses import pseudo_labels
 from jax_cavs.core.state import create_state
 from jax_cavs.core import strategy as base
@@ -39,6 +43,9 @@ STAGES = ((8, 2), (4, 3), (2, 4), (1, 5))
 DECODER = (4, 3)
 NAMES = ("lwf", "lwf_mc", "ilt", "mib", "plop")
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "configs")
+# The strategies ask the problem for the supervised loss and the element weights; those need
+# no dataset and never run the model (``CAVSProblem(model)``), which is never initialised here.
+PROBLEM = CAVSProblem(AVSModel(num_classes=K))
 
 
 def _mask(*classes):
@@ -145,12 +152,15 @@ def _pick(values, labels):
     return np.where(labels == 255, 0.0, out)
 
 
-def _frame_weights(batch):
-    return _f64(batch["label_mask"] * batch["valid"][:, None])
+def _frame_weights(batch, labelled=True):
+    """[N, T]: the annotated frames of real clips (supervised terms), or with ``labelled=False``
+    every real frame of real clips (distillation terms, which need no labels)."""
+    frames = batch["label_mask"] if labelled else batch["frame_mask"]
+    return _f64(frames * batch["valid"][:, None])
 
 
-def _pixel_mean(loss_map, batch):
-    w = _frame_weights(batch)[..., None, None]
+def _pixel_mean(loss_map, batch, labelled=True):
+    w = _frame_weights(batch, labelled)[..., None, None]
     return (loss_map * w).sum() / (w.sum() * H * W)
 
 
@@ -192,7 +202,7 @@ def _sigmoid_distillation(z, q):
 
 def _feature_mse(a, b, batch):
     per_frame = ((_f64(b) - _f64(a)) ** 2).reshape(N * T, -1).mean(-1)
-    w = _frame_weights(batch).reshape(-1)
+    w = _frame_weights(batch, labelled=False).reshape(-1)
     return (per_frame * w).sum() / w.sum()
 
 
@@ -241,7 +251,7 @@ def _pod(teacher, student, batch, pre_logits="decoder", scales=(1, 2, 4)):
     folded[:, 0] = b_small[:, 0] + b_small[:, C_OLD:].sum(axis=1)
     pairs = [(nchw(a), nchw(b), 0.01) for a, b in zip(maps(teacher), maps(student))]
     pairs.append((a_small, folded, 0.0005))
-    w = _frame_weights(batch).reshape(-1)
+    w = _frame_weights(batch, labelled=False).reshape(-1)
     schedule = np.sqrt(K_T / (K_T - C_OLD))
     layers = []
     for a, b, factor in pairs:
@@ -264,24 +274,34 @@ def _thresholds_halfway(teacher):
 
 def _expected_task1(name, teacher, student, batch, thresholds):
     z, q, y = student.logits, teacher.logits, batch["labels"]
+    # Supervised terms average over the annotated frames, distillation terms over every real
+    # frame (``labelled=False``): frame 1 of clip 1 counts in the latter only.
     if name == "lwf":
-        return _pixel_mean(_ce(z, y), batch) + 100 * _pixel_mean(_kd(z, q), batch)
+        return (_pixel_mean(_ce(z, y), batch)
+                + 100 * _pixel_mean(_kd(z, q), batch, labelled=False))
     if name == "ilt":
-        return (_pixel_mean(_ce(z, y), batch) + 100 * _pixel_mean(_kd(z, q), batch)
+        return (_pixel_mean(_ce(z, y), batch)
+                + 100 * _pixel_mean(_kd(z, q), batch, labelled=False)
                 + 100 * _feature_mse(teacher.features["backbone"][-1],
                                      student.features["backbone"][-1], batch))
     if name == "lwf_mc":
         return (_pixel_mean(_multilabel_bce(z, y), batch)
-                + 10 * _pixel_mean(_sigmoid_distillation(z, q), batch))
+                + 10 * _pixel_mean(_sigmoid_distillation(z, q), batch, labelled=False))
     if name == "mib":
-        return _pixel_mean(_unce(z, y), batch) + 10 * _pixel_mean(_unkd(z, q), batch)
+        return (_pixel_mean(_unce(z, y), batch)
+                + 10 * _pixel_mean(_unkd(z, q), batch, labelled=False))
     labels, kappa = _plop_pseudo_labels(y, q, thresholds, batch["is_memory"])
     ce = _pixel_mean(_ce(z, labels) * kappa[..., None, None], batch)
     return ce + _pod(teacher, student, batch)
 
 
+def _strategy(name, hparams=None):
+    """The strategy ``name`` bound to the CAVS problem, as ``core.loop`` builds it."""
+    return strategies.get_strategy(name, hparams, PROBLEM)
+
+
 def _state_for(name, task, thresholds=None):
-    strategy = strategies.get_strategy(name)
+    strategy = _strategy(name)
     state = _state(task, strategy)
     if thresholds is not None:
         state = state.replace(extras={**state.extras, "thresholds": jnp.asarray(thresholds)})
@@ -333,11 +353,11 @@ class LossTest(chex.TestCase):
         batch = _batch(task=1)
         teacher = _outputs(6)
         student = _student_of(teacher, 7)
-        ilt = strategies.get_strategy("ilt", {"feature": "neck"})
+        ilt = _strategy("ilt", {"feature": "neck"})
         _, terms = ilt.loss(_state(1, ilt), batch, student, teacher, None)
         chex.assert_trees_all_close(terms["de"], np.float32(_feature_mse(
             teacher.features["neck"][-1], student.features["neck"][-1], batch)), rtol=RTOL)
-        strategy = strategies.get_strategy("plop", {"pod_pre_logits": "neck"})
+        strategy = _strategy("plop", {"pod_pre_logits": "neck"})
         got = strategy.pod_distillation(_state(1, strategy), batch, student, teacher)
         chex.assert_trees_all_close(got, np.float32(_pod(teacher, student, batch, "neck")),
                                     rtol=RTOL)
@@ -358,6 +378,55 @@ class LossTest(chex.TestCase):
                     np.testing.assert_array_equal(np.asarray(grad)[..., unseen], 0.0,
                                                   err_msg=f"{name} task {task} {key}")
                 self.assertGreater(float(jnp.abs(grads.logits[..., ~unseen]).sum()), 0.0)
+
+    def test_distillation_counts_unlabelled_frames_and_ce_does_not(self):
+        """One clip of two real frames (``frame_mask`` [1, 1]) of which only the first is
+        annotated (``label_mask`` [1, 0], AVSBench v1s-like). The second carries task labels
+        so that a CE counting it would differ. The supervised CE averages the pixels of the
+        first frame only (``problem.weights(batch)``); LwF's KD and ILT's feature term average
+        both frames (``problem.weights(batch, labelled=False)``), computed here in numpy."""
+        rng = np.random.default_rng(12)
+        z = (rng.normal(size=(1, 2, H, W, K)) * 2.0).astype(np.float32)
+        q = (rng.normal(size=(1, 2, H, W, K)) * 2.0).astype(np.float32)
+        f_old = rng.normal(size=(2, 1, 1, 5)).astype(np.float32)   # [N*T, h, w, c]
+        f_new = rng.normal(size=(2, 1, 1, 5)).astype(np.float32)
+        batch = {"labels": rng.choice((0, 3, 4), size=(1, 2, H, W)).astype(np.int32),
+                 "label_mask": np.array([[1, 0]], np.float32),
+                 "frame_mask": np.array([[1, 1]], np.float32),
+                 "valid": np.ones((1,), np.float32), "is_memory": np.array([False])}
+        student = base.Outputs(z, {"backbone": (f_new,)})
+        teacher = base.Outputs(q, {"backbone": (f_old,)})
+
+        # CE over the 5 seen classes at every pixel of the first frame; KD over the 3 old classes,
+        # -(1/3) sum_c p_teacher,c log p_student,c, at every pixel of both frames.
+        zf, qf, y = _f64(z)[0], _f64(q)[0], batch["labels"][0]
+        log_p = zf[..., :K_T] - np.log(np.exp(zf[..., :K_T]).sum(-1, keepdims=True))
+        ce_map = -np.take_along_axis(log_p, y[..., None], -1)[..., 0]     # [2, H, W]
+        ce = ce_map[0].mean()
+        teacher_p = np.exp(qf[..., :C_OLD]) / np.exp(qf[..., :C_OLD]).sum(-1, keepdims=True)
+        log_s = zf[..., :C_OLD] - np.log(np.exp(zf[..., :C_OLD]).sum(-1, keepdims=True))
+        kd_map = -(teacher_p * log_s).sum(-1) / C_OLD                        # [2, H, W]
+        kd = kd_map.mean()
+        de = ((_f64(f_new) - _f64(f_old)) ** 2).reshape(2, -1).mean(-1).mean()
+        # The frame weights decide: over both frames CE differs, over the first KD and DE do.
+        self.assertGreater(abs(ce_map.mean() - ce), 1e-2 * ce)
+        self.assertGreater(abs(kd_map[0].mean() - kd), 1e-2 * kd)
+        self.assertGreater(abs(((_f64(f_new) - _f64(f_old)) ** 2)[0].mean() - de), 1e-2 * de)
+
+        for name in ("lwf", "ilt"):
+            strategy, state = _state_for(name, 1)
+            value, terms = jax.jit(functools.partial(strategy.loss, rng=None))(
+                state, batch, student, teacher)
+            chex.assert_trees_all_close(terms["ce"], np.float32(ce), rtol=RTOL, atol=ATOL,
+                                        custom_message=name)
+            chex.assert_trees_all_close(terms["kd"], np.float32(kd), rtol=RTOL, atol=ATOL,
+                                        custom_message=name)
+            expected = ce + 100 * kd
+            if name == "ilt":
+                chex.assert_trees_all_close(terms["de"], np.float32(de), rtol=RTOL, atol=ATOL)
+                expected += 100 * de
+            chex.assert_trees_all_close(value, np.float32(expected), rtol=RTOL, atol=ATOL,
+                                        custom_message=name)
 
 
 class PseudoLabelTest(absltest.TestCase):
@@ -380,7 +449,7 @@ class PseudoLabelTest(absltest.TestCase):
     def test_adaptive_factor_off_leaves_kappa_one(self):
         batch = _batch(task=1)
         teacher = _outputs(11)
-        strategy = strategies.get_strategy("plop", {"adaptive_factor": False})
+        strategy = _strategy("plop", {"adaptive_factor": False})
         state = _state(1, strategy).replace(extras={"thresholds": jnp.asarray(
             _thresholds_halfway(teacher))})
         _, kappa = strategy.relabel_background(state, batch, teacher)
@@ -394,7 +463,7 @@ class BeginTaskTest(absltest.TestCase):
         kernel = params["decoder"]["output_conv_4"]["kernel"]
         bias = params["decoder"]["output_conv_4"]["bias"]
         for name in ("mib", "plop"):
-            strategy = strategies.get_strategy(name)
+            strategy = _strategy(name)
             state = strategy.begin_task(_state(0, strategy, params), _task_info(1))
             head = state.params["decoder"]["output_conv_4"]
             expected_kernel = kernel.copy()
@@ -417,7 +486,7 @@ class BeginTaskTest(absltest.TestCase):
                                      ("mib", {"init_balanced": False}, 1),
                                      ("plop", {"init_balanced": False}, 1),
                                      ("lwf", {}, 1)):
-            strategy = strategies.get_strategy(name, hparams)
+            strategy = _strategy(name, hparams)
             state = strategy.begin_task(_state(0, strategy, params), _task_info(index))
             chex.assert_trees_all_equal(state.params, params)
 
@@ -468,12 +537,12 @@ class PrepareTaskTest(absltest.TestCase):
             calls.append((list(indices), labels))
             return iter(batches)
 
-        strategy = strategies.get_strategy("plop")
+        strategy = _strategy("plop")
         state = strategy.begin_task(_state(0, strategy, params), _task_info(1))
         ctx = base.TaskContext(
             task=_task_info(1), train_indices=np.array([4, 7, 9]), batches=task_batches,
             device_batch=lambda b: {k: jnp.asarray(v) for k, v in b.items()},
-            forward=jax.jit(self._forward), model=None, fit=None, new_state=None, workdir="",
+            forward=jax.jit(self._forward), problem=PROBLEM, workdir="",
             rng=np.random.default_rng(0))
         state = strategy.prepare_task(state, ctx)
 
@@ -489,11 +558,11 @@ class PrepareTaskTest(absltest.TestCase):
         np.testing.assert_array_equal(flushed, histogram)
 
     def test_task0_keeps_the_base_thresholds(self):
-        strategy = strategies.get_strategy("plop")
+        strategy = _strategy("plop")
         state = _state(0, strategy)
         ctx = base.TaskContext(task=_task_info(0), train_indices=np.array([0]), batches=None,
-                               device_batch=None, forward=None, model=None, fit=None,
-                               new_state=None, workdir="", rng=np.random.default_rng(0))
+                               device_batch=None, forward=None, problem=PROBLEM, workdir="",
+                               rng=np.random.default_rng(0))
         state = strategy.prepare_task(state, ctx)
         np.testing.assert_array_equal(np.asarray(state.extras["thresholds"]), np.float32(0.001))
 

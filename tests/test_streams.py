@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from jax_cavs.core.loop import training_items
 from jax_cavs.problems.cavs import streams
 
 SIZE, T = 4, 3
@@ -110,7 +111,7 @@ def test_eval_batches_keep_seen_classes_and_pad_the_last_batch():
 
 
 def test_training_batches_have_static_shapes_and_per_clip_rules():
-    items = streams.training_items([0, 1], memory_indices=[2])
+    items = training_items([0, 1], memory_indices=[2])
     assert items == [(0, False, 1.0), (1, False, 1.0), (2, True, 1.0)]
     batches = list(streams.train_iterator(SOURCE, items, current_mask=CURRENT, seen_mask=SEEN,
                                           batch_size=2, num_epochs=2, seed=0, image_size=SIZE))
@@ -132,12 +133,12 @@ def test_training_batches_have_static_shapes_and_per_clip_rules():
 
 
 def test_an_epoch_smaller_than_a_batch_still_fills_it_and_shards_split_it():
-    items = streams.training_items([2])
+    items = training_items([2])
     (batch,) = list(streams.train_iterator(SOURCE, items, current_mask=CURRENT, seen_mask=SEEN,
                                            batch_size=4, num_epochs=1, seed=0, image_size=SIZE))
     assert batch["labels"].shape == (4, T, SIZE, SIZE)
     np.testing.assert_array_equal(batch["index"], [2, 2, 2, 2])
-    halves = [list(streams.train_iterator(SOURCE, streams.training_items([0, 1]),
+    halves = [list(streams.train_iterator(SOURCE, training_items([0, 1]),
                                           current_mask=CURRENT, seen_mask=SEEN, batch_size=2,
                                           num_epochs=1, seed=0, image_size=SIZE,
                                           shard_index=s, shard_count=2)) for s in (0, 1)]
