@@ -228,7 +228,8 @@ class ContinualTest(absltest.TestCase):
         from jax_cavs.core.scenario import Scenario  # pylint: disable=import-outside-toplevel
         owner = types.SimpleNamespace(
             strategy=types.SimpleNamespace(name="finetune"),
-            problem=types.SimpleNamespace(name="cavs"),
+            problem=types.SimpleNamespace(name="cavs",
+                                          evaluator=types.SimpleNamespace(headline="miou")),
             scenario=Scenario(name="2-1", mode="disjoint", subset="all", num_classes=4,
                               tasks=(), test_indices=np.zeros((0,), np.int64),
                               class_order=(1, 2, 3), report_groups=((1, 2), (3,))))

@@ -2,7 +2,8 @@
 
 Reference values are either derived by hand (SI's path integral, herding) or computed
 directly from the formula with a hand-written forward pass of the tiny model below (EWC's
-Fisher, MAS's sensitivity), never through the strategy code.
+Fisher, MAS's sensitivity), never through the strategy code. The toy models are served to the
+strategies by ``CAVSProblem(model)`` (apply, loss and weights, no dataset).
 
 Tolerances (float32): hand-derived values involve a handful of O(1) operations, rtol = 1e-6
 (a few ulps), except where θ_end − θ_start cancels (relative error up to ~1e-6 on O(0.3)
@@ -33,6 +34,7 @@ from jax_cavs.cl.strategies.ewc import EWC
 from jax_cavs.cl.strategies.mas import MAS
 from jax_cavs.cl.strategies.replay import Replay
 from jax_cavs.cl.strategies.si import SI
+from jax_cavs.problems.cavs.problem import CAVSProblem
 
 NUM_CLASSES = 4
 HIDDEN = 3
@@ -41,6 +43,9 @@ HIDDEN = 3
 class TinySegmenter(nn.Module):
     """logits = relu(frames · W_body + b_body) · W_head + b_head per pixel (AVSModel's call)."""
 
+    num_classes: int = NUM_CLASSES
+    freeze_audio: bool = False  # read by CAVSProblem.param_roles
+
     @nn.compact
     def __call__(self, frames, audio, frame_mask, *, train):
         self.variable("batch_stats", "unused", jnp.zeros, ())
@@ -48,6 +53,9 @@ class TinySegmenter(nn.Module):
         logits = nn.Dense(NUM_CLASSES, name="head")(hidden)
         n, t, h, w, _ = frames.shape
         return logits, {"decoder": hidden.reshape(n * t, h, w, HIDDEN)}
+
+
+TINY = CAVSProblem(TinySegmenter())
 
 
 def reference_logits(params, frames):
@@ -78,23 +86,21 @@ def task_info(index, classes, seen):
                          old=seen_mask & ~current, seen=seen_mask)
 
 
-def make_context(info, batches, model, workdir=None, seed=0):
+def make_context(info, batches, workdir=None, seed=0):
     num_clips = int(sum(np.sum(b["valid"]) for b in batches))
     return base.TaskContext(
         task=info, train_indices=np.arange(num_clips),
         batches=lambda indices, labels="current": iter(batches),
         device_batch=lambda b: {k: jnp.asarray(v) for k, v in b.items()},
-        forward=None, model=model, fit=None, new_state=None, workdir=workdir,
-        rng=np.random.default_rng(seed))
+        forward=None, problem=TINY, workdir=workdir, rng=np.random.default_rng(seed))
 
 
 def tiny_state(strategy, info, seed=0, lr=0.1, capacity=0):
-    model = TinySegmenter()
-    variables = model.init(jax.random.key(seed), jnp.zeros((1, 2, 4, 4, 3)),
-                           jnp.zeros((1, 2, 1)), jnp.ones((1, 2)), train=False)
+    variables = TINY.model.init(jax.random.key(seed), jnp.zeros((1, 2, 4, 4, 3)),
+                                jnp.zeros((1, 2, 1)), jnp.ones((1, 2)), train=False)
     state = create_state(variables, optax.sgd(lr), NUM_CLASSES, capacity,
                          strategy.uses_importance, {})
-    return model, strategy.begin_task(state, info)
+    return strategy.begin_task(state, info)
 
 
 def tree_of(params, value_fn):
@@ -110,8 +116,8 @@ class PenaltyTest(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     @parameterized.parameters((EWC, 3.0, 0.5), (SI, 3.0, 1.0), (MAS, 2.0, 0.5))
     def test_zero_at_anchor_and_hand_value_off_it(self, cls, lam, c):
-        strategy = cls(lam=lam, c=c, exclude=())
-        _, state = tiny_state(strategy, task_info(1, (2,), (0, 1, 2)))
+        strategy = cls(lam=lam, c=c, exclude=(), problem=TINY)
+        state = tiny_state(strategy, task_info(1, (2,), (0, 1, 2)))
         anchor = tree_of(state.params, lambda p: jnp.full_like(p, 0.5))
         importance = tree_of(state.params, lambda p: jnp.full_like(p, 2.0))
         importance["head"]["bias"] = jnp.array([0.0, 1.0, 4.0, 0.0])
@@ -128,12 +134,12 @@ class PenaltyTest(chex.TestCase):
 
     @parameterized.parameters(EWC, SI, MAS)
     def test_excluded_parameters_get_zero_penalty_gradient(self, cls):
-        strategy = cls(lam=1.0, exclude=(r"^head/",))
+        strategy = cls(lam=1.0, exclude=(r"^head/",), problem=TINY)
         info = task_info(0, (1, 2), (0, 1, 2))
-        model, state = tiny_state(strategy, info)
+        state = tiny_state(strategy, info)
         state = state.replace(path_integral=tree_of(state.params, jnp.ones_like))  # for SI
         batches = [make_batch(np.random.default_rng(1))]
-        state = strategy.end_task(state, make_context(info, batches, model))
+        state = strategy.end_task(state, make_context(info, batches))
         moved = tree_of(state.params, lambda p: p + 0.25)
         grads = jax.grad(strategy.penalty)(moved, state)
         chex.assert_trees_all_equal(grads["head"], tree_of(grads["head"], jnp.zeros_like))
@@ -144,8 +150,44 @@ class PenaltyTest(chex.TestCase):
 # SI: the path integral through the real train step.
 
 
+class RolesProblem(CAVSProblem):
+    """TINY with roles of its own: the head is the classifier, the body an adapter."""
+
+    def param_roles(self):
+        return {"classifier": (r"^head/",), "norm": (), "adapter": (r"^body/",)}
+
+
+class RolesTest(parameterized.TestCase):
+
+    @parameterized.parameters(
+        ({}, "body"),                                                  # default: head free
+        ({"exclude_roles": ("norm",)}, "body head"),                   # head regularised too
+        ({"include_roles": ("adapter",), "exclude_roles": ()}, "body"),
+        ({"include": (r"/bias$",), "exclude_roles": ()}, "body/bias head/bias"),
+        ({"include_roles": ("adapter",), "include": (r"^head/bias",)}, "body"),  # head out
+        ({"exclude": (r"^body/",), "exclude_roles": ()}, "head"))
+    def test_roles_choose_the_regularised_leaves(self, fields, regularised):
+        strategy = EWC(problem=RolesProblem(TinySegmenter()), **fields)
+        state = tiny_state(strategy, task_info(0, (1, 2), (0, 1, 2)))
+        ones = tree_of(state.params, jnp.ones_like)
+        importance = strategy.consolidated(state, ones, state.params).importance
+        for module, leaves in importance.items():
+            for name, leaf in leaves.items():
+                kept = module in regularised.split() or f"{module}/{name}" in regularised.split()
+                np.testing.assert_array_equal(leaf, np.full(leaf.shape, float(kept)),
+                                              err_msg=f"{module}/{name} with {fields}")
+
+    def test_an_undeclared_role_is_named_with_the_declared_ones(self):
+        with self.assertRaisesRegex(ValueError, r"strategy.exclude_roles.*'lora'.*"
+                                                r"\['adapter', 'classifier', 'norm'\]"):
+            EWC(problem=RolesProblem(TinySegmenter()), exclude_roles=("lora",))
+
+
 class TwoParameters(nn.Module):
     """'logits' = θ ∈ R², so the strategy below can write the loss as a function of θ."""
+
+    num_classes: int = 2
+    freeze_audio: bool = False  # read by CAVSProblem.param_roles
 
     @nn.compact
     def __call__(self, frames, audio, frame_mask, *, train):
@@ -167,14 +209,14 @@ class SITest(chex.TestCase):
 
     @chex.variants(with_jit=True, without_jit=True)
     def test_path_integral_and_consolidation_by_hand(self):
-        strategy = QuadraticSI(lam=1.0, c=1.0, xi=0.1, exclude=())
-        model = TwoParameters()
-        variables = model.init(jax.random.key(0), None, None, None, train=False)
+        problem = CAVSProblem(TwoParameters())
+        strategy = QuadraticSI(lam=1.0, c=1.0, xi=0.1, exclude=(), problem=problem)
+        variables = problem.model.init(jax.random.key(0), None, None, None, train=False)
         state = create_state(variables, optax.sgd(0.1), 2, 0, True, {})
         # Task 1: anchor θ* = θ₀ = (1, 2), Ω = (0.5, 2); penalty Σ Ω (θ − θ*)².
         state = state.replace(task=jnp.int32(1), importance={"w": jnp.array([0.5, 2.0])},
                               anchor={"w": jnp.array([1.0, 2.0])})
-        step = self.variant(train_lib.make_train_step(model, strategy))
+        step = self.variant(train_lib.make_train_step(problem, strategy))
         batch = {"frames": jnp.zeros(1), "audio": jnp.zeros(1), "frame_mask": jnp.zeros(1)}
         # Step 1 at θ₀: ∇L = (2, 3), penalty gradient 0; θ₁ = θ₀ − 0.1·(2, 3) = (0.8, 1.7);
         # ω = −∇L·Δθ = (2·0.2, 3·0.3) = (0.4, 0.9).
@@ -200,7 +242,7 @@ class SITest(chex.TestCase):
         chex.assert_trees_all_equal(state.anchor["w"], state.params["w"])
         # The anchor is a copy: the experiment's step donates the whole state, which fails
         # when two leaves share a buffer.
-        donating = jax.jit(train_lib.make_train_step(model, strategy), donate_argnums=0)
+        donating = jax.jit(train_lib.make_train_step(problem, strategy), donate_argnums=0)
         state, _ = donating(state, batch, jax.random.key(2))
         chex.assert_trees_all_close(state.params["w"], jnp.array([0.66 - 0.132, 1.52 - 0.3]),
                                     rtol=1e-6)
@@ -247,23 +289,23 @@ class ImportanceTest(absltest.TestCase):
         self.batches = _two_batches()
 
     def test_ewc_fisher_is_mean_of_squared_batch_gradients(self):
-        strategy = EWC(exclude=())
-        model, state = tiny_state(strategy, self.info)
-        got = strategy.fisher(state, make_context(self.info, self.batches, model))
+        strategy = EWC(exclude=(), problem=TINY)
+        state = tiny_state(strategy, self.info)
+        got = strategy.fisher(state, make_context(self.info, self.batches))
         grads = [jax.grad(reference_ce)(state.params, jax.tree_util.tree_map(jnp.asarray, b),
                                         self.seen) for b in self.batches]
         expected = jax.tree_util.tree_map(lambda a, b: (a ** 2 + b ** 2) / 2, *grads)
         chex.assert_trees_all_close(got, expected, rtol=1e-4, atol=1e-7)
         self.assertGreater(float(jnp.max(expected["body"]["kernel"])), 1e-4)
         # Online consolidation of the first task: Ω = F, θ* = θ_end.
-        state = strategy.end_task(state, make_context(self.info, self.batches, model))
+        state = strategy.end_task(state, make_context(self.info, self.batches))
         chex.assert_trees_all_close(state.importance, expected, rtol=1e-4, atol=1e-7)
         chex.assert_trees_all_equal(state.anchor, state.params)
 
     def test_mas_sensitivity_is_abs_gradient_of_output_norm(self):
-        strategy = MAS(exclude=())
-        model, state = tiny_state(strategy, self.info)
-        got = strategy.sensitivity(state, make_context(self.info, self.batches, model))
+        strategy = MAS(exclude=(), problem=TINY)
+        state = tiny_state(strategy, self.info)
+        got = strategy.sensitivity(state, make_context(self.info, self.batches))
         grads = [jax.grad(reference_output_norm_sum)(
             state.params, jax.tree_util.tree_map(jnp.asarray, b), self.seen)
             for b in self.batches]
@@ -274,7 +316,7 @@ class ImportanceTest(absltest.TestCase):
         # The unseen class's head column takes no part in f.
         chex.assert_trees_all_equal(got["head"]["kernel"][:, 3], jnp.zeros(HIDDEN))
         # FACIL merge of the first task: Ω = (1 − α)·Ω_new.
-        state = strategy.end_task(state, make_context(self.info, self.batches, model))
+        state = strategy.end_task(state, make_context(self.info, self.batches))
         chex.assert_trees_all_close(state.importance,
                                     tree_of(expected, lambda x: 0.5 * x), rtol=1e-4, atol=1e-7)
 
@@ -344,7 +386,7 @@ class ReplayTest(parameterized.TestCase):
 
     @parameterized.parameters("random", "herding")
     def test_memory_keeps_per_class_budgets_across_tasks(self, rule):
-        strategy = Replay(per_class=2, selection=rule)
+        strategy = Replay(per_class=2, selection=rule, problem=TINY)
         self.assertEqual(strategy.memory_capacity(NUM_CLASSES), 6)
         rng = np.random.default_rng(3)
 
@@ -359,10 +401,10 @@ class ReplayTest(parameterized.TestCase):
 
         # Task 0 learns classes 1, 2: class 1 in videos 10..13, class 2 only in video 13.
         task0 = task_info(0, (1, 2), (0, 1, 2))
-        model, state = tiny_state(strategy, task0, capacity=6)
+        state = tiny_state(strategy, task0, capacity=6)
         data0 = [videos(10, [(1,), (1,), (1,), (1, 2)])]
         workdir = self.enterContext(tempfile.TemporaryDirectory())
-        state = strategy.end_task(state, make_context(task0, data0, model, workdir))
+        state = strategy.end_task(state, make_context(task0, data0, workdir))
         with open(os.path.join(workdir, "memory", "replay_0.json")) as f:
             record = json.load(f)
         first = {c: set(state.memory.ids_of_class(c).tolist()) for c in (1, 2)}
@@ -376,7 +418,7 @@ class ReplayTest(parameterized.TestCase):
         task1 = task_info(1, (3,), (0, 1, 2, 3))
         state = strategy.begin_task(state, task1)
         data1 = [videos(20, [(3,), (3,), (3,)])]
-        state = strategy.end_task(state, make_context(task1, data1, model, workdir, seed=1))
+        state = strategy.end_task(state, make_context(task1, data1, workdir, seed=1))
         for c in (1, 2):
             self.assertEqual(set(state.memory.ids_of_class(c).tolist()), first[c])
         third = set(state.memory.ids_of_class(3).tolist())
