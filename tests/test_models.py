@@ -14,11 +14,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from jax_cavs.models import torch_names
 from jax_cavs.models.audio.vggish import VGGish, torchvggish_key_to_flax_path
 from jax_cavs.problems.cavs.model import AVSModel, build_model
+from jax_cavs.problems.cavs.problem import CAVSProblem
 from jax_cavs.models.backbones.resnet import ResNet, torchvision_key_to_flax_path
 from jax_cavs.models.heads.upsample import resize_bilinear_align_corners, upsample2x_half_pixel
 
@@ -425,3 +427,38 @@ def test_decoder_matches_pytorch_reference_semantics():
     ref_logits, ref_d1 = _torch_decoder(variables["params"], fused, k, head_channels)
     # float32 on both sides; 3x3 convs over 8 channels (72-term sums) through ~10 layers.
     chex.assert_trees_all_close((d1, logits), (ref_d1, ref_logits), rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- audio
+
+def test_assembled_model_depends_on_its_audio_after_one_optimizer_step():
+    """From the real initialisation (TPAVI's output projection starts at zero, so at step 0
+    the audio cannot matter), one Adam step on the CE of ``CAVSProblem.loss`` makes the
+    eval-mode outputs depend on the audio and gives the audio encoder a non-zero gradient:
+    the audio path is wired into the loss, not cut by a stop_gradient or a dropped input."""
+    problem = CAVSProblem(build_model(small_config()))
+    frames, audio, mask = _inputs(n=2, t=T, h=32, w=32)
+    batch = {"frames": frames, "audio": audio, "frame_mask": mask,
+             "label_mask": mask, "valid": jnp.ones((2,)),
+             "labels": jnp.asarray(np.random.default_rng(1).integers(0, 3, (2, T, 32, 32)),
+                                   jnp.int32)}
+    classes = jnp.arange(NUM_CLASSES) < 3
+    variables = jax.jit(functools.partial(problem.model.init, train=False))(
+        jax.random.PRNGKey(0), frames, audio, mask)
+
+    def loss(params):
+        outputs, _ = problem.apply({**variables, "params": params}, batch, train=True)
+        return problem.loss(outputs, batch, classes)
+
+    grad = jax.jit(jax.grad(loss))
+    tx = optax.adam(1e-2)
+    params = variables["params"]
+    updates, _ = tx.update(grad(params), tx.init(params), params)
+    params = optax.apply_updates(params, updates)
+
+    other = {**batch, "audio": batch["audio"][::-1]}  # the two clips swap their audio
+    logits = [problem.apply({**variables, "params": params}, b, train=False)[0].logits
+              for b in (batch, other)]
+    assert float(jnp.max(jnp.abs(logits[0] - logits[1]))) > 1e-4
+    audio_grads = jax.tree.leaves(grad(params)["audio_encoder"])
+    assert sum(float(jnp.sum(jnp.square(g))) for g in audio_grads) > 0.0
