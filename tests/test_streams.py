@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jax_cavs.core.loop import training_items
+from jax_cavs.core.scenario import training_items
 from jax_cavs.problems.cavs import streams
 
 SIZE, T = 4, 3

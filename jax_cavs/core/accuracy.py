@@ -26,7 +26,7 @@ T = 1: forgetting, BWT and FWT are means over empty sets and are omitted; AA = L
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -72,3 +72,15 @@ def summarize(accuracy_matrix) -> dict[str, float]:
         "bwt": _mean_of_defined(last[j] - r[j, j] for j in previous),
         "fwt": _mean_of_defined(r[j - 1, j] for j in range(1, num_tasks))}
     return {"num_tasks": num_tasks, **{k: v for k, v in means.items() if v is not None}}
+
+
+def metrics_document(method: str, problem: str, headline: str, scenario: dict, tasks: list,
+                     matrix: Sequence[Sequence[float | None]]) -> dict:
+    """``metrics.json``: the run's description, one record per finished task, the accuracy
+    matrix (undefined entries ``null``) and, once it is square, its ``summarize``."""
+    matrix = [list(row) for row in matrix]
+    document = {"method": method, "problem": problem, "headline": headline,
+                "scenario": scenario, "tasks": tasks, "accuracy_matrix": matrix}
+    if matrix and len(matrix) == len(matrix[0]):
+        document["summary"] = summarize(np.asarray(matrix))
+    return document

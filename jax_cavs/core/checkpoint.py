@@ -102,22 +102,25 @@ class Checkpointer:
         self._manager.close()
 
 
-def task_model_path(workdir: str, task: int) -> str:
-    return os.path.join(os.path.abspath(workdir), "models", f"task_{task}")
+def task_model_path(workdir: str, task: int, kind: str = "task") -> str:
+    """``models/task_<t>``: the learner after task t's training; ``models/best_<t>``: the best
+    validated learner during it (``core.validation``)."""
+    return os.path.join(os.path.abspath(workdir), "models", f"{kind}_{task}")
 
 
-def save_task_model(workdir: str, task: int, params, batch_stats) -> None:
+def save_task_model(workdir: str, task: int, params, batch_stats, kind: str = "task") -> None:
     """Writes the learner after task ``task``'s training (atomic; replaces an older copy)."""
     with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(task_model_path(workdir, task),
+        checkpointer.save(task_model_path(workdir, task, kind),
                           {"params": params, "batch_stats": batch_stats}, force=True)
         checkpointer.wait_until_finished()
 
 
-def load_task_model(workdir: str, task: int, params, batch_stats) -> tuple[Any, Any]:
+def load_task_model(workdir: str, task: int, params, batch_stats, kind: str = "task"
+                    ) -> tuple[Any, Any]:
     """(params, batch_stats) saved by ``save_task_model``, restored into the structure,
     shapes and shardings of the given ones; a missing or mismatching model is named."""
-    path = task_model_path(workdir, task)
+    path = task_model_path(workdir, task, kind)
     if not os.path.isdir(path):
         raise FileNotFoundError(
             f"{path} does not exist: the run in {workdir} has not finished training task "

@@ -20,3 +20,13 @@ def write_json_atomic(path: str, value: Any) -> None:
         json.dump(value, f, indent=2)
     os.chmod(f.name, 0o644)  # NamedTemporaryFile creates 0600
     os.replace(f.name, path)
+
+
+def update_json_atomic(path: str, key: str, value: Any) -> None:
+    """Sets ``key`` of the JSON object in ``path`` (created when missing) to ``value``."""
+    document = {}
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            document = json.load(f)
+    document[key] = value
+    write_json_atomic(path, document)

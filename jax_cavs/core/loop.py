@@ -2,10 +2,12 @@
 
 For each task of the scenario: ``begin_task`` (masks, teacher snapshot, fresh optimiser at
 the task's learning rate), ``prepare_task`` (strategy passes over the task data), a grain
-stream of the task's videos mixed with the strategy's replay videos, jit'd train steps,
-``end_task`` (importance, memory selection), evaluation on the common test set over every
+stream of the task's videos mixed with the strategy's replay videos, jit'd train steps
+(optionally validated every k epochs, the best epoch kept: ``core.validation``), the
+strategy's auxiliary models (CMR's visual-only twin) trained on the same stream, ``end_task``
+(importance, memory selection), the problem's evaluator on the common test set over every
 class seen so far, one row of the accuracy matrix, ``metrics.json`` and an atomic orbax
-checkpoint. Re-running on the same workdir resumes after the last completed task.
+checkpoint. Re-running on the same workdir resumes where it stopped, bitwise.
 """
 
 from __future__ import annotations
@@ -25,17 +27,13 @@ from tqdm import tqdm
 
 from jax_cavs.core import accuracy
 from jax_cavs.core import checkpoint as ckpt_lib
-from jax_cavs.core import guards, jsonio, optim, parallel, report
+from jax_cavs.core import guards, jsonio, optim, parallel, report, validation
 from jax_cavs.core import steps as steps_lib
 from jax_cavs.core.problem import Problem
+from jax_cavs.core import scenario as scenario_lib
 from jax_cavs.core.scenario import Scenario
-from jax_cavs.core.state import ContinualState, copy_tree, create_state
+from jax_cavs.core.state import ContinualState, copy_tree, initial_state
 from jax_cavs.core.strategy import Strategy, TaskContext, TaskInfo, get_strategy
-
-
-def fresh_optimizer(state: ContinualState, learning_rate: float) -> ContinualState:
-    """A new optimiser state (each task starts fresh, as in PLOP/MiB) at ``learning_rate``."""
-    return state.replace(opt_state=optim.fresh_state(state.tx, state.params, learning_rate))
 
 
 @dataclasses.dataclass
@@ -60,10 +58,19 @@ class Experiment:
             guards.check_first_task_source(os.path.expanduser(config.first_task_from),
                                            config, strategy)
         scenario = problem.scenario(joint=strategy.single_task)
-        state = init_state(config, problem, strategy)
+        state = initial_state(config, problem, strategy)
         if jax.process_index() == 0:
-            os.makedirs(workdir, exist_ok=True)
-            jsonio.write_json_atomic(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
+            jsonio.write_json_atomic(os.path.join(workdir, "config.json"),
+                                     json.loads(config.to_json()))
+        if config.train.get("batch_to_devices", False):
+            config = parallel.batches_to_devices(config,
+                                                 parallel.make_mesh(config.parallel).devices.size)
+        if config.train.get("validate_every", 0) and not all(
+                len(task.val_indices) for task in scenario.tasks):
+            raise ValueError(f"config field train.validate_every="
+                             f"{config.train.validate_every}, but scenario {scenario.name} has "
+                             f"tasks without validation records (the dataset has no "
+                             f"{scenario.val_split!r} split); set it to 0.")
         return cls(config, workdir, problem, scenario, strategy, state,
                    ckpt_lib.Checkpointer(workdir))
 
@@ -116,10 +123,15 @@ class Experiment:
             batches=lambda indices, labels="current": self.batches(indices, masks[labels],
                                                                    whole=True),
             device_batch=lambda batch: self.device_batch(batch, whole=True),
-            forward=self.forward, problem=self.problem, workdir=self.workdir, rng=np.random.default_rng([self.config.seed, t]))
+            forward=self.forward, problem=self.problem, workdir=self.workdir,
+            rng=np.random.default_rng([self.config.seed, t]))
 
-    def learning_rate(self, t: int) -> float:
-        return self.config.optimizer.lr if t == 0 else self.config.optimizer.lr_incremental
+    def fresh_optimizer(self, state: ContinualState, t: int) -> ContinualState:
+        """A new optimiser state (each task starts fresh, as in PLOP/MiB) at task ``t``'s
+        learning rate."""
+        cfg = self.config.optimizer
+        rate = cfg.lr if t == 0 else cfg.lr_incremental
+        return state.replace(opt_state=optim.fresh_state(state.tx, state.params, rate))
 
     def step_fn(self, strategy: Strategy, drop: frozenset[str] = frozenset()):
         """The jit'd train step of ``strategy`` (built once per strategy and dropped inputs)."""
@@ -131,14 +143,16 @@ class Experiment:
         return self._steps[key]
 
     # -- evaluation ---------------------------------------------------------------------
-    def evaluate(self, state: ContinualState, t: int) -> dict[str, Any]:
-        """The problem's evaluator over the test split, every class seen so far live."""
+    def evaluate(self, state: ContinualState, t: int, split: str = "test",
+                 indices: np.ndarray | None = None) -> dict[str, Any]:
+        """The problem's evaluator over ``indices`` of ``split`` (default: the test records),
+        every class seen so far live."""
         seen = self.scenario.seen_mask(t)
-        indices = self.scenario.test_indices
+        indices = self.scenario.test_indices if indices is None else indices
         num = -(-len(indices) // self.config.train.eval_batch_size)
         stats = jax.device_put(self.problem.evaluator.init(), parallel.replicated(self.mesh))
-        for batch in tqdm(self.batches(indices, seen, split="test"), total=num,
-                          desc=f"task {t} eval", leave=False):
+        for batch in tqdm(self.batches(indices, seen, split=split), total=num,
+                          desc=f"task {t} {'eval' if split == 'test' else split}", leave=False):
             stats = self._eval_step(state.params, state.batch_stats, jnp.asarray(seen),
                                     self.device_batch(batch), stats)
         return self.problem.evaluator.finalize(jax.device_get(stats), self.scenario, seen)
@@ -165,6 +179,7 @@ class Experiment:
             if meta["phase"] == "start":
                 state = self.begin_task(state, ctx)
                 meta.update(phase="train", step=0)
+                meta.pop("validation", None)
                 data = {"items": self._task_items[t], "iterator": None}
             self._task_items[t] = [tuple(item) for item in data["items"]]
             if meta["phase"] == "train":
@@ -178,7 +193,10 @@ class Experiment:
 
                     state = self.fit(state, t, self.step_fn(self.strategy), "train",
                                      first=meta["step"], iterator_state=data.get("iterator"),
-                                     checkpoint=checkpoint, log=True)
+                                     checkpoint=checkpoint, log=True,
+                                     validate=self.validator(t, meta))
+                    if meta.get("validation"):
+                        state = self.restore_best(state, t, meta["validation"])
                 ckpt_lib.save_task_model(self.workdir, t, state.params, state.batch_stats)
                 meta.update(phase="trained", step=0, aux=[], aux_done=[])
                 self.save(state, meta, {"items": data["items"]})
@@ -186,23 +204,24 @@ class Experiment:
             start = time.time()
             state = self.place(self.strategy.end_task(state, ctx))
             scores = self.evaluate(state, t)
-            meta["tasks"].append(self.task_record(t, scores))
+            meta["tasks"].append(self.task_record(t, scores, meta))
             meta["accuracy_matrix"].append(scores["groups"])
             meta.update(task=t + 1, phase="start", step=0, aux=[], aux_done=[])
+            meta.pop("validation", None)
             aux = {}
             self.save(state, meta, {})
             self.write_outputs(state, meta, t, time.time() - start)
         self.state = state
         metrics = self.write_metrics(meta)
-        print_summary(metrics, self.problem.evaluator.headline)
+        report.print_summary(metrics, self.problem.evaluator.headline)
         return metrics
 
     def begin_task(self, state: ContinualState, ctx: TaskContext) -> ContinualState:
         """begin_task, a fresh optimiser at the task's rate, prepare_task, the replay items."""
         state = self.strategy.begin_task(state, ctx.task)
-        state = fresh_optimizer(state, self.learning_rate(ctx.task.index))
+        state = self.fresh_optimizer(state, ctx.task.index)
         state = self.place(self.strategy.prepare_task(state, ctx))
-        self._task_items[ctx.task.index] = training_items(
+        self._task_items[ctx.task.index] = scenario_lib.training_items(
             ctx.train_indices, self.strategy.replay_ids(state, ctx))
         return state
 
@@ -258,7 +277,7 @@ class Experiment:
         if spec.start == "teacher":
             state = state.replace(params=state.old_params, batch_stats=state.old_batch_stats)
         state = spec.strategy.begin_task(copy_tree(state), task)
-        return self.place(fresh_optimizer(state, self.learning_rate(task.index)))
+        return self.place(self.fresh_optimizer(state, task.index))
 
     def save(self, state: ContinualState, meta: dict[str, Any], data: dict[str, Any],
              aux: dict[str, ContinualState] | None = None) -> None:
@@ -266,18 +285,19 @@ class Experiment:
         self.checkpointer.save(meta["save"], state, meta, data, aux)
 
     def fit(self, state: ContinualState, t: int, step_fn, desc: str, first: int = 0,
-            iterator_state: dict | None = None, checkpoint=None, log: bool = False
-            ) -> ContinualState:
+            iterator_state: dict | None = None, checkpoint=None, log: bool = False,
+            validate=None) -> ContinualState:
         """Runs ``step_fn`` over ``config.train.epochs`` shuffled epochs of task ``t``'s items.
 
         Starts at step ``first`` from ``iterator_state``; calls ``checkpoint(state, step,
-        iterator state)`` every ``config.train.checkpoint_every`` steps; ``log`` writes the
-        losses to TensorBoard. A non-finite loss term stops the run before anything is saved
+        iterator state)`` every ``config.train.checkpoint_every`` steps and ``validate(state,
+        epoch)`` at ``validation.due`` points; ``log`` writes the losses to TensorBoard. A non-finite loss term stops the run before anything is saved
         (``NonFiniteLoss``).
         """
         cfg = self.config.train
         items = self._task_items[t]
-        steps = cfg.epochs * steps_per_epoch(len(items), cfg.batch_size)
+        epoch_steps = scenario_lib.steps_per_epoch(len(items), cfg.batch_size)
+        steps = cfg.epochs * epoch_steps
         iterator = self.problem.train_stream(
             items, self.task_info(t), batch_size=cfg.batch_size, num_epochs=cfg.epochs,
             seed=self.config.seed * 1000 + t, worker_count=cfg.worker_count,
@@ -301,6 +321,10 @@ class Experiment:
                     self.writer.scalars(int(state.step), {
                         **{f"train/{k}": v for k, v in values.items()},
                         "train/learning_rate": float(optim.learning_rate(state.opt_state))})
+            epoch = validate and validation.due(i + 1, epoch_steps, cfg.validate_every, steps)
+            if epoch:
+                guard.check()
+                validate(state, epoch)
             if checkpoint and cfg.checkpoint_every and (i + 1) % cfg.checkpoint_every == 0 \
                     and not last:
                 guard.check()
@@ -308,19 +332,48 @@ class Experiment:
         guard.check()
         return state
 
-    def task_record(self, t: int, scores: dict[str, Any]) -> dict[str, Any]:
-        return {"task": t, "classes": list(self.scenario.tasks[t].classes), **scores["record"]}
+    def validator(self, t: int, meta: dict[str, Any]):
+        """``validate(state, epoch)`` for task ``t``'s training (``core.validation``), or None
+        when ``config.train.validate_every`` is 0; keeps its history in ``meta``."""
+        cfg = self.config.train
+        if not cfg.get("validate_every", 0):
+            return None
+
+        def validate(state: ContinualState, epoch: int) -> None:
+            scores = self.evaluate(state, t, self.scenario.val_split,
+                                   self.scenario.tasks[t].val_indices)
+            value = validation.metric_value(scores["record"], cfg.select_metric)
+            history = meta.setdefault("validation", {"metric": cfg.select_metric,
+                                                     "scores": []})
+            if validation.record(history, epoch, value):
+                ckpt_lib.save_task_model(self.workdir, t, state.params, state.batch_stats,
+                                         kind="best")
+            if self.writer:
+                self.writer.scalars(int(state.step), {f"val/{cfg.select_metric}": value})
+
+        return validate
+
+    def restore_best(self, state: ContinualState, t: int, history: dict[str, Any]
+                     ) -> ContinualState:
+        """The learner of the best validated epoch (``models/best_<t>``)."""
+        params, batch_stats = ckpt_lib.load_task_model(self.workdir, t, state.params,
+                                                        state.batch_stats, kind="best")
+        print(f"[jax_cavs] task {t + 1}: epoch {history['best']['epoch']} selected "
+              f"({history['metric']} = {history['best']['score']})", file=sys.stderr,
+              flush=True)
+        return state.replace(params=params, batch_stats=batch_stats)
+
+    def task_record(self, t: int, scores: dict[str, Any], meta: dict[str, Any]
+                    ) -> dict[str, Any]:
+        extra = {"validation": meta["validation"]} if meta.get("validation") else {}
+        return {"task": t, "classes": list(self.scenario.tasks[t].classes), **scores["record"],
+                **extra}
 
     def metrics(self, meta: dict[str, Any]) -> dict[str, Any]:
         """The ``metrics.json`` content for the tasks finished so far."""
-        matrix = [list(row) for row in meta["accuracy_matrix"]]  # None = undefined (null)
-        metrics = {"method": self.strategy.name, "problem": self.problem.name,
-                   "headline": self.problem.evaluator.headline,
-                   "scenario": self.scenario.describe(), "tasks": meta["tasks"],
-                   "accuracy_matrix": matrix}
-        if matrix and len(matrix) == len(matrix[0]):
-            metrics["summary"] = accuracy.summarize(np.asarray(matrix))
-        return metrics
+        return accuracy.metrics_document(
+            self.strategy.name, self.problem.name, self.problem.evaluator.headline,
+            self.scenario.describe(), meta["tasks"], meta["accuracy_matrix"])
 
     def write_metrics(self, meta: dict[str, Any]) -> dict[str, Any]:
         metrics = self.metrics(meta)
@@ -340,52 +393,6 @@ class Experiment:
         headline = self.problem.evaluator.headline
         self.writer.scalars(t, {f"{headline}/{k}": v
                                 for k, v in meta["tasks"][-1][headline].items()})
-        timings_path = os.path.join(self.workdir, "timings.json")
-        timings = {}
-        if os.path.exists(timings_path):
-            with open(timings_path) as f:
-                timings = json.load(f)
-        timings[str(t)] = round(seconds, 1)
-        jsonio.write_json_atomic(timings_path, timings)
+        jsonio.update_json_atomic(os.path.join(self.workdir, "timings.json"), str(t),
+                                  round(seconds, 1))
         report.write_report(self.workdir, self.problem.report_panels(self.workdir, **panels))
-
-
-def training_items(task_indices, memory_indices=()) -> list[tuple[int, bool, float]]:
-    """The items of one training epoch: the task's records and the replayed ones
-    (duplicates kept), as ``(record index, is_memory, valid)``."""
-    return ([(int(i), False, 1.0) for i in task_indices]
-            + [(int(i), True, 1.0) for i in memory_indices])
-
-
-def steps_per_epoch(num_items: int, batch_size: int) -> int:
-    """Batches per epoch with ``drop_remainder`` (at least 1: tiny tasks still train)."""
-    return max(num_items // batch_size, 1)
-
-
-def init_state(config, problem: Problem, strategy: Strategy,
-               seed: int | None = None) -> ContinualState:
-    """The problem's initial variables, wrapped in a fresh ``ContinualState``."""
-    variables = problem.init(jax.random.key(config.seed if seed is None else seed))
-    k = problem.num_classes
-    tx = optim.build_optimizer(config.optimizer, problem.param_roles().get("frozen", ()))
-    return create_state(variables, tx, k,
-                        strategy.memory_capacity(k), strategy.uses_importance,
-                        strategy.init_extras(k), has_background=problem.has_background)
-
-
-def _fmt(value) -> str:
-    return "  -  " if value is None else f"{100 * value:5.1f}"
-
-
-def print_summary(metrics: dict[str, Any], headline: str) -> None:
-    """The end-of-run table: the problem's headline scores (%) after every task, then the
-    continual-learning summary."""
-    sc = metrics["scenario"]
-    print(f"\n{metrics['method']} on {sc['split']} {sc['mode']} ({sc['subset']})")
-    columns = list(metrics["tasks"][0][headline]) if metrics["tasks"] else []
-    print(" | ".join([f"{'task':>4}"] + [f"{c:>5}" for c in columns]))
-    for row in metrics["tasks"]:
-        print(" | ".join([f"{row['task']:>4}"] + [_fmt(row[headline][c]) for c in columns]))
-    for key, value in metrics.get("summary", {}).items():
-        if key != "num_tasks":
-            print(f"{key}: {100 * value:.1f}")

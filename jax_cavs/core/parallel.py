@@ -28,6 +28,7 @@ Every function that runs a computation on global arrays (``jit_*`` callables, ``
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable
 
 import jax
@@ -176,3 +177,19 @@ def jit_forward(forward: Callable, mesh: Mesh, state: Any) -> Callable:
     params_sh, stats_sh = _model_shardings(mesh, state)
     return jax.jit(forward, in_shardings=(params_sh, stats_sh, batch_sharding(mesh)),
                    out_shardings=replicated(mesh))
+
+
+def batches_to_devices(config: ml_collections.ConfigDict, devices: int
+                       ) -> ml_collections.ConfigDict:
+    """A copy of ``config`` whose global train / eval batch sizes are rounded up to multiples
+    of ``devices`` (``config.train.batch_to_devices``: runlocal runs as written on any number
+    of devices, e.g. 8 simulated CPUs; config.json keeps the sizes as configured)."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    for field in ("batch_size", "eval_batch_size"):
+        size = config.train[field]
+        rounded = -(-size // devices) * devices
+        if rounded != size:
+            print(f"[jax_cavs] train.{field} {size} -> {rounded}: a multiple of the {devices} "
+                  f"devices (train.batch_to_devices)", file=sys.stderr, flush=True)
+            config.train[field] = rounded
+    return config

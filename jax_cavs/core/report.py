@@ -258,6 +258,24 @@ def write_report(workdir: str, panels: Panels) -> str:
     return os.path.join(final, "index.html")
 
 
+def _fmt(value) -> str:
+    return "  -  " if value is None else f"{100 * value:5.1f}"
+
+
+def print_summary(metrics: dict[str, Any], headline: str) -> None:
+    """The end-of-run table: the problem's headline scores (%) after every task, then the
+    continual-learning summary."""
+    sc = metrics["scenario"]
+    print(f"\n{metrics['method']} on {sc['split']} {sc['mode']} ({sc['subset']})")
+    columns = list(metrics["tasks"][0][headline]) if metrics["tasks"] else []
+    print(" | ".join([f"{'task':>4}"] + [f"{c:>5}" for c in columns]))
+    for row in metrics["tasks"]:
+        print(" | ".join([f"{row['task']:>4}"] + [_fmt(row[headline][c]) for c in columns]))
+    for key, value in metrics.get("summary", {}).items():
+        if key != "num_tasks":
+            print(f"{key}: {100 * value:.1f}")
+
+
 class ScalarWriter:
     """TensorBoard scalars in ``DIR/tensorboard`` (tensorboardX): losses per term, learning
     rate, mIoU. ``scalars(step, {"train/ce": 0.7, "lr": 1e-4})``; ``None`` values are skipped

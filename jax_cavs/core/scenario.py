@@ -29,8 +29,8 @@ class TaskSpec:
       index: position in the scenario.
       classes: the classes this task adds (never background).
       train_indices: int64 record indices into the train split.
-      val_indices: int64 record indices used for validation and checkpoint selection
-        (empty: no validation).
+      val_indices: int64 record indices (of the scenario's ``val_split``) used for validation
+        and checkpoint selection (``core.validation``; empty: no validation).
       label_policy: one of ``LABEL_POLICIES``.
     """
 
@@ -62,6 +62,7 @@ class Scenario:
       task_id_at_test: the task identity is given at test time (task-incremental protocols).
       eval_points: extra evaluation points inside the stream (task-free protocols; empty:
         after every task only).
+      val_split: the split the tasks' ``val_indices`` index.
       mode, subset, class_order: how the builder made it, recorded in metrics.json.
     """
 
@@ -73,6 +74,7 @@ class Scenario:
     has_background: bool = True
     task_id_at_test: bool = False
     eval_points: tuple[int, ...] = ()
+    val_split: str = "val"
     mode: str = ""
     subset: str = ""
     class_order: tuple[int, ...] = ()
@@ -109,3 +111,15 @@ class Scenario:
         return {"split": self.name, "mode": self.mode, "subset": self.subset,
                 "class_order": list(self.class_order),
                 "groups": [list(g) for g in self.report_groups]}
+
+
+def training_items(task_indices, memory_indices=()) -> list[tuple[int, bool, float]]:
+    """The items of one training epoch: the task's records and the replayed ones
+    (duplicates kept), as ``(record index, is_memory, valid)``."""
+    return ([(int(i), False, 1.0) for i in task_indices]
+            + [(int(i), True, 1.0) for i in memory_indices])
+
+
+def steps_per_epoch(num_items: int, batch_size: int) -> int:
+    """Batches per epoch with ``drop_remainder`` (at least 1: tiny tasks still train)."""
+    return max(num_items // batch_size, 1)

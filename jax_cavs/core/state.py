@@ -16,6 +16,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
+from jax_cavs.core import optim
 from jax_cavs.core.memory import ReplayMemory
 
 PyTree = Any
@@ -77,3 +78,14 @@ def create_state(variables: dict, tx, num_classes: int, memory_capacity: int,
         # At least one slot: orbax cannot store zero-size arrays.
         memory=ReplayMemory.empty(max(memory_capacity, 1), num_classes),
         extras=extras, tx=tx)
+
+
+def initial_state(config, problem, strategy, seed: int | None = None) -> ContinualState:
+    """The ``core.problem.Problem``'s initial variables in a fresh ``ContinualState`` for
+    ``strategy`` (its memory, importance and extras), the optimiser of ``core.optim``."""
+    variables = problem.init(jax.random.key(config.seed if seed is None else seed))
+    k = problem.num_classes
+    tx = optim.build_optimizer(config.optimizer, problem.param_roles().get("frozen", ()))
+    return create_state(variables, tx, k, strategy.memory_capacity(k),
+                        strategy.uses_importance, strategy.init_extras(k),
+                        has_background=problem.has_background)

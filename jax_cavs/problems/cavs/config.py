@@ -109,6 +109,10 @@ def base_config(strategy: str, args: ml_collections.ConfigDict) -> ml_collection
         worker_count=1,            # grain worker processes (0: in-process)
         log_every=25,
         checkpoint_every=0,        # steps between mid-task checkpoints (0: task ends only)
+        batch_to_devices=False,    # round batch sizes up to multiples of the device count
+        validate_every=0,          # epochs between validations on the 'val' split (AVSBench);
+                                   # the best epoch ends the task (0: off, the last epoch)
+        select_metric="miou.all",  # the validation score that picks it (core.validation)
     ))
     config.parallel = ml_collections.ConfigDict(dict(
         data=-1,                   # devices on the data axis (-1: all that fsdp leaves)
@@ -133,6 +137,7 @@ def base_config(strategy: str, args: ml_collections.ConfigDict) -> ml_collection
         config.scenario.split = "6-2"
         config.train.epochs = 2
         config.train.batch_size = 2
+        config.train.batch_to_devices = True  # runs as written on 8 simulated devices
         config.train.worker_count = 0
         config.train.log_every = 5
     return config
@@ -167,4 +172,5 @@ def avsbench(config: ml_collections.ConfigDict, runlocal: bool) -> None:
             tpavi_inter_channels=8, tpavi_group=5, audio_width=0.125, freeze_audio=False))
         config.model_init.update(dict(resnet="", vggish=""))
         config.optimizer.update(dict(lr=1e-3, lr_incremental=5e-4))
-        config.train.update(dict(batch_size=2, epochs=1, worker_count=0, log_every=5))
+        config.train.update(dict(batch_size=2, epochs=1, worker_count=0, log_every=5,
+                                 batch_to_devices=True))

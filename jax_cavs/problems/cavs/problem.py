@@ -104,7 +104,8 @@ class CAVSProblem:
             self.dataset.index["train"].classes, self.dataset.index["test"].classes,
             self.num_classes, sc.split, mode=sc.mode, subset=sc.subset,
             disjoint_rule=sc.disjoint_rule, class_order=sc.class_order,
-            joint=joint, seed=sc.louvain_seed)
+            joint=joint, seed=sc.louvain_seed,
+            val_classes=self.dataset.index["val"].classes if "val" in self.dataset.index else ())
 
     def train_classes(self, indices) -> list[tuple[int, ...]]:
         """The ground-truth classes of training records (memory selection by class)."""

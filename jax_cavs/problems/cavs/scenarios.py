@@ -127,7 +127,8 @@ def build_scenario(train_classes: Sequence[Sequence[int]],
                    disjoint_rule: str = "strict",
                    class_order: str | Sequence[int] | None = None,
                    joint: bool = False,
-                   seed: int = 0) -> Scenario:
+                   seed: int = 0,
+                   val_classes: Sequence[Sequence[int]] = ()) -> Scenario:
     """Builds a scenario from per-video GT class sets (bg excluded) of the train/test splits.
 
     Args:
@@ -143,6 +144,9 @@ def build_scenario(train_classes: Sequence[Sequence[int]],
         disjoint.
       joint: collapse the split into one task with every class (offline upper bound); the
         split's tasks are kept as ``report_groups``.
+      val_classes: per record of the validation split (AVSBench's ``val``; empty: none), its
+        classes. Like the test records, every one (subset-filtered) validates every task, over
+        the classes seen so far.
     """
     for field, value, allowed in (("scenario.mode", mode, MODES),
                                   ("scenario.subset", subset, SUBSETS),
@@ -160,6 +164,8 @@ def build_scenario(train_classes: Sequence[Sequence[int]],
     task_classes = (tuple(sorted(class_order)),) if joint else groups
 
     train_keep = _subset_filter(train_classes, subset)
+    val_indices = (np.flatnonzero(_subset_filter(val_classes, subset)) if len(val_classes)
+                   else np.zeros((0,), np.int64))
     tasks = []
     for t, classes in enumerate(task_classes):
         current = set(classes)
@@ -177,7 +183,9 @@ def build_scenario(train_classes: Sequence[Sequence[int]],
             raise ValueError(
                 f"task {t} (classes {classes}) of scenario {split} {mode}/{subset} has no "
                 f"training video after filtering; choose another split, mode or subset.")
-        tasks.append(TaskSpec(index=t, classes=classes, train_indices=np.asarray(chosen, np.int64)))
+        tasks.append(TaskSpec(index=t, classes=classes,
+                              train_indices=np.asarray(chosen, np.int64),
+                              val_indices=val_indices))
     test_indices = np.flatnonzero(_subset_filter(test_classes, subset))
     return Scenario(name=split, mode=mode, subset=subset, num_classes=num_classes,
                     class_order=class_order, tasks=tuple(tasks), test_indices=test_indices,
