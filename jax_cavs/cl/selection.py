@@ -32,9 +32,8 @@ from typing import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 
-from jax_cavs.core import steps
+from jax_cavs.core import hostpass, steps
 
 SELECTIONS = ("random", "herding")
 _FEATURE = "decoder"
@@ -100,8 +99,7 @@ def _statistics_fn(problem, num_classes: int, with_features: bool):
     """jit'd ``(params, batch_stats, batch) -> dict`` of per-clip statistics."""
 
     def statistics(params, batch_stats, batch):
-        out = {"ids": batch["index"], "valid": batch["valid"],
-               "pixels": class_pixels(batch["labels"], num_classes)}
+        out = {"pixels": class_pixels(batch["labels"], num_classes)}
         if with_features:
             outputs, _ = problem.apply(steps.variables(params, batch_stats), batch, train=False)
             sums, weights = class_feature_sums(outputs.features[_FEATURE], batch["labels"],
@@ -115,24 +113,20 @@ def _statistics_fn(problem, num_classes: int, with_features: bool):
 def class_statistics(ctx, state, num_classes: int, *, with_features: bool) -> ClipStatistics:
     """One eval-mode pass over the task's training videos (``ctx.batches``, current labels).
 
-    Results are gathered to every host (``process_allgather``) so all processes select the
-    same videos. Padding clips are dropped.
+    Results come to every host in batch order (``core.hostpass``), so all processes select
+    the same videos. Padding clips are dropped.
     """
     fn = _statistics_fn(ctx.problem, num_classes, with_features)
-    parts = []
-    for host_batch in ctx.batches(ctx.train_indices, labels="current"):
-        out = fn(state.params, state.batch_stats, ctx.device_batch(host_batch))
-        parts.append({k: np.asarray(multihost_utils.process_allgather(v, tiled=True))
-                      for k, v in out.items()})
-    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    keep = merged["valid"] > 0
+    merged = hostpass.collect(
+        lambda batch: fn(state.params, state.batch_stats, ctx.device_batch(batch)),
+        ctx.batches(ctx.train_indices, labels="current"))
     features = None
     if with_features:
-        weights = merged["feature_weights"][keep][..., None]
-        features = np.where(weights > 0, merged["feature_sums"][keep]
+        weights = merged["feature_weights"][..., None]
+        features = np.where(weights > 0, merged["feature_sums"]
                             / np.where(weights > 0, weights, 1.0), 0.0).astype(np.float32)
-    return ClipStatistics(ids=merged["ids"][keep].astype(np.int64),
-                          pixels=merged["pixels"][keep].astype(np.float32), features=features)
+    return ClipStatistics(ids=merged["ids"], pixels=merged["pixels"].astype(np.float32),
+                          features=features)
 
 
 # ----------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ import dataclasses
 from typing import Callable
 
 from jax_cavs.cl import regularizers
-from jax_cavs.core import roles
+from jax_cavs.core import hostpass, roles
 from jax_cavs.core.state import copy_tree
 from jax_cavs.core import strategy as base
 from jax_cavs.cl.strategies.finetune import Finetune
@@ -107,12 +107,6 @@ def gradient_sum(ctx: base.TaskContext, state, accumulate: Callable) -> tuple:
     Returns:
       (accumulated tree, number of batches).
     """
-    acc = regularizers.zeros_like(state.params)
-    num_batches = 0
-    for host_batch in ctx.batches(ctx.train_indices, labels="current"):
-        acc = accumulate(acc, state, ctx.device_batch(host_batch))
-        num_batches += 1
-    if num_batches == 0:
-        raise ValueError(f"task {ctx.task.index} has no training videos to estimate the "
-                         f"parameter importance from.")
-    return acc, num_batches
+    return hostpass.accumulate(lambda acc, batch: accumulate(acc, state, ctx.device_batch(batch)),
+                               regularizers.zeros_like(state.params),
+                               ctx.batches(ctx.train_indices, labels="current"))

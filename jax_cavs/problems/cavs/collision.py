@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_cavs.data import IGNORE_INDEX
-from jax_cavs.core import parallel
+from jax_cavs.core import hostpass
 from jax_cavs.problems.cavs import metrics as seg_metrics
 
 COUNTING_UNITS = ("video", "frame")
@@ -126,18 +126,14 @@ def old_model_collisions(problem, params, batch_stats, old: np.ndarray, current:
     """
     num_classes = int(np.asarray(old).shape[0])
     old, current = jnp.asarray(old), jnp.asarray(current)
-    ids, per_frame, pairs = [], [], np.zeros((num_classes, num_classes), np.int64)
-    for batch in batches:
-        real = np.asarray(batch["valid"]) > 0
-        counts, batch_pairs = parallel.to_host(_old_model_batch(
-            problem, params, batch_stats, old, current, device_batch(batch),
-            num_classes=num_classes))
-        ids.append(np.asarray(batch["index"])[real])
-        per_frame.append(counts.astype(np.int64)[real])
-        pairs += batch_pairs.astype(np.int64)
-    if not ids:
-        raise ValueError("old_model_collisions: the task has no training video.")
-    return np.concatenate(ids).astype(np.int64), np.concatenate(per_frame), pairs
+
+    def counts(batch):
+        per_frame, pairs = _old_model_batch(problem, params, batch_stats, old, current,
+                                            device_batch(batch), num_classes=num_classes)
+        return {"per_frame": per_frame, "pairs": pairs}
+
+    out = hostpass.collect(counts, batches, sums=("pairs",))
+    return out["ids"], out["per_frame"].astype(np.int64), out["pairs"]
 
 
 # -- statistics (host-side numpy) -----------------------------------------------------------

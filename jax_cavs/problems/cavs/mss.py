@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_cavs.core import parallel
+from jax_cavs.core import hostpass
 from jax_cavs.core.memory import ReplayMemory
 from jax_cavs.problems.cavs import metrics as seg_metrics
 
@@ -136,18 +136,13 @@ def score_videos(problem, av_variables: tuple[Any, Any], v_variables: tuple[Any,
                          f"of {seg_metrics.PER_FRAME_CONVENTIONS}.")
     classes = jnp.asarray(classes)
     num_classes = int(classes.shape[0])
-    parts: dict[str, list[np.ndarray]] = {"ids": [], "av": [], "v": [], "presence": []}
-    for batch in batches:
-        real = np.asarray(batch["valid"]) > 0
-        outputs = parallel.to_host(_score_batch(
+
+    def scores(batch):
+        return dict(zip(("av", "v", "presence"), _score_batch(
             problem, *av_variables, *v_variables, classes, device_batch(batch),
-            num_classes=num_classes, convention=convention))
-        parts["ids"].append(np.asarray(batch["index"])[real])
-        for key, value in zip(("av", "v", "presence"), outputs):
-            parts[key].append(np.asarray(value)[real])
-    if not parts["ids"]:
-        raise ValueError("score_videos: the task has no training video.")
-    merged = {k: np.concatenate(v) for k, v in parts.items()}
+            num_classes=num_classes, convention=convention)))
+
+    merged = hostpass.collect(scores, batches)
     return VideoScores(ids=merged["ids"].astype(np.int64), av=merged["av"].astype(np.float64),
                        v=merged["v"].astype(np.float64), presence=merged["presence"])
 
