@@ -34,6 +34,7 @@ from jax_cavs.cl.strategies.ewc import EWC
 from jax_cavs.cl.strategies.mas import MAS
 from jax_cavs.cl.strategies.replay import Replay
 from jax_cavs.cl.strategies.si import SI
+from jax_cavs.problems.cavs import class_features
 from jax_cavs.problems.cavs.problem import CAVSProblem
 
 NUM_CLASSES = 4
@@ -374,8 +375,8 @@ class SelectionTest(absltest.TestCase):
                            [2, 2, 255, 255],
                            [2, 2, 255, 255]])[None, None]
         features = np.arange(4, dtype=np.float32).reshape(1, 2, 2, 1)
-        sums, weights = selection.class_feature_sums(jnp.asarray(features),
-                                                     jnp.asarray(labels), 3)
+        sums, weights = class_features.class_feature_sums(jnp.asarray(features),
+                                                          jnp.asarray(labels), 3)
         # Pooled one-hot per cell (top-left, top-right, bottom-left, bottom-right):
         # class 0: 1/4, 1, 0, 0; class 1: 3/4, 0, 0, 0; class 2: 0, 0, 1, 0.
         np.testing.assert_allclose(weights, [[1.25, 0.75, 1.0]], rtol=1e-6)

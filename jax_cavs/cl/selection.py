@@ -12,15 +12,9 @@ for several classes is stored once with all the tags). Two rules:
   L2-normalised, μ is their mean, and the k-th pick is the video minimising
   ‖μ − (φ + Σ_{j<k} φ_{p_j}) / k‖, so the running mean of the picks tracks the class mean.
 
-Feature of a video for class c (herding; DECISION): the model's last feature map before the
-classifier, the decoder output D1 (``features["decoder"]``, [N·T, H/2, W/2, C], the analogue of
-iCaRL's penultimate layer), averaged over the pixels of class c in the video's annotated
-frames. Labels are brought to D1's resolution by average-pooling their one-hot encoding, so a
-boundary pixel counts fractionally. The pass is jit'd and eval-mode (``class_statistics``).
-
-Class membership is read from the labels the pipeline decodes for the current task (current
-classes kept, everything else background, unannotated frames 255): a video belongs to class c
-when one annotated pixel is labelled c.
+The per-clip class membership and features come from the problem
+(``Problem.class_statistics``; CAVS: ``problems/cavs/class_features.py``), in one jit'd
+eval-mode pass (``class_statistics``).
 """
 
 from __future__ import annotations
@@ -30,13 +24,11 @@ import functools
 from typing import Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jax_cavs.core import hostpass, steps
 
 SELECTIONS = ("random", "herding")
-_FEATURE = "decoder"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +37,8 @@ class ClipStatistics:
 
     Attributes:
       ids: int64 [n] record indices, in the order of the task's training indices.
-      pixels: float32 [n, K] annotated pixels of each class (membership: > 0).
+      pixels: float32 [n, K] the problem's class presence (CAVS: annotated pixels of each
+        class; membership: > 0).
       features: float32 [n, K, C] mean feature of each class's pixels (0 where absent), or
         None when only membership was computed.
     """
@@ -59,64 +52,26 @@ class ClipStatistics:
         return np.flatnonzero(self.pixels[:, c] > 0)
 
 
-# ----------------------------------------------------------------------------------------
-# Device passes.
-
-
-def class_pixels(labels: jnp.ndarray, num_classes: int) -> jnp.ndarray:
-    """float32 [N, K]: pixels of each class per clip; labels int [N, T, H, W] (255 ignored)."""
-    return jnp.sum(jax.nn.one_hot(labels, num_classes, dtype=jnp.float32), axis=(1, 2, 3))
-
-
-def class_feature_sums(features: jnp.ndarray, labels: jnp.ndarray, num_classes: int
-                       ) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Per clip and class, the label-weighted sum of a feature map and the total weight.
-
-    Args:
-      features: float [N·T, h, w, C], a feature map at a resolution dividing the labels'.
-      labels: int [N, T, H, W] (255 and out-of-range labels weigh 0).
-      num_classes: K.
-
-    Returns:
-      (sums float32 [N, K, C], weights float32 [N, K]); the weights are the one-hot labels
-      average-pooled to h x w, summed over the clip's frames.
-    """
-    n, t, height, width = labels.shape
-    h, w = features.shape[1:3]
-    if height % h or width % w:
-        raise ValueError(f"feature map {h}x{w} does not divide the label map {height}x{width}.")
-    one_hot = jax.nn.one_hot(labels.reshape(n * t, height, width), num_classes,
-                             dtype=jnp.float32)
-    pooled = one_hot.reshape(n * t, h, height // h, w, width // w, num_classes).mean((2, 4))
-    sums = jnp.einsum("bhwk,bhwc->bkc", pooled, features.astype(jnp.float32))
-    weights = jnp.sum(pooled, axis=(1, 2))
-    return (sums.reshape(n, t, num_classes, -1).sum(1),
-            weights.reshape(n, t, num_classes).sum(1))
-
-
 @functools.lru_cache(maxsize=None)
-def _statistics_fn(problem, num_classes: int, with_features: bool):
+def _statistics_fn(problem, with_features: bool):
     """jit'd ``(params, batch_stats, batch) -> dict`` of per-clip statistics."""
 
     def statistics(params, batch_stats, batch):
-        out = {"pixels": class_pixels(batch["labels"], num_classes)}
+        outputs = None
         if with_features:
             outputs, _ = problem.apply(steps.variables(params, batch_stats), batch, train=False)
-            sums, weights = class_feature_sums(outputs.features[_FEATURE], batch["labels"],
-                                               num_classes)
-            out.update(feature_sums=sums, feature_weights=weights)
-        return out
+        return problem.class_statistics(outputs, batch)
 
     return jax.jit(statistics)
 
 
-def class_statistics(ctx, state, num_classes: int, *, with_features: bool) -> ClipStatistics:
+def class_statistics(ctx, state, *, with_features: bool) -> ClipStatistics:
     """One eval-mode pass over the task's training videos (``ctx.batches``, current labels).
 
     Results come to every host in batch order (``core.hostpass``), so all processes select
     the same videos. Padding clips are dropped.
     """
-    fn = _statistics_fn(ctx.problem, num_classes, with_features)
+    fn = _statistics_fn(ctx.problem, with_features)
     merged = hostpass.collect(
         lambda batch: fn(state.params, state.batch_stats, ctx.device_batch(batch)),
         ctx.batches(ctx.train_indices, labels="current"))
@@ -125,7 +80,7 @@ def class_statistics(ctx, state, num_classes: int, *, with_features: bool) -> Cl
         weights = merged["feature_weights"][..., None]
         features = np.where(weights > 0, merged["feature_sums"]
                             / np.where(weights > 0, weights, 1.0), 0.0).astype(np.float32)
-    return ClipStatistics(ids=merged["ids"], pixels=merged["pixels"].astype(np.float32),
+    return ClipStatistics(ids=merged["ids"], pixels=merged["presence"].astype(np.float32),
                           features=features)
 
 

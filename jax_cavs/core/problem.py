@@ -104,6 +104,12 @@ class Problem(Protocol):
     def param_roles(self) -> Roles:
         """The parameter roles of this problem's model (``Roles``)."""
 
+    def class_statistics(self, outputs: Outputs | None, batch: Batch) -> dict[str, Any]:
+        """Per clip and class, what replay selection needs (jit'd, ``cl.selection``):
+        ``"presence"`` float [B, K] (> 0: the clip is a member of the class) and, given the
+        eval-mode ``outputs``, ``"feature_sums"`` [B, K, C] with ``"feature_weights"``
+        [B, K] (the class's mean feature of the clip is their ratio; herding)."""
+
     def train_stream(self, items: Sequence[tuple[int, bool, float]], task: Any, *,
                      batch_size: int, num_epochs: int, seed: int, worker_count: int,
                      shard_index: int, shard_count: int) -> Iterator[Batch]:

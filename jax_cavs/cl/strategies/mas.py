@@ -68,9 +68,11 @@ def output_norm_objective(logits: jnp.ndarray, seen: jnp.ndarray,
     """``mean_b ‖f_b‖₂`` over the static batch, f_b = clip b's seen-class logits.
 
     Args:
-      logits: float [B, T, H, W, K]; seen: bool [K]; valid: float [B] (0 for padding clips).
+      logits: float [B, ..., K] (CAVS: [B, T, H, W, K]; a classifier: [B, K]); seen: bool
+        [K]; valid: float [B] (0 for padding clips).
     """
-    outputs = jnp.where(seen, logits, 0.0) * valid[:, None, None, None, None]
+    valid = valid.reshape(valid.shape + (1,) * (logits.ndim - 1))
+    outputs = jnp.where(seen, logits, 0.0) * valid
     return regularizers.mas_objective(outputs)
 
 

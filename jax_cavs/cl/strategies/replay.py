@@ -47,11 +47,12 @@ class Replay(Finetune):
                              f"of {selection.SELECTIONS}.")
 
     def memory_capacity(self, num_classes: int) -> int:
-        return self.per_class * (num_classes - 1)
+        """A budget for every class but the shared background (when the problem has one)."""
+        background = getattr(self.problem, "has_background", True)
+        return self.per_class * (num_classes - int(background))
 
     def end_task(self, state, ctx):
-        num_classes = ctx.task.seen.shape[0]
-        stats = selection.class_statistics(ctx, state, num_classes,
+        stats = selection.class_statistics(ctx, state,
                                            with_features=self.selection == "herding")
         chosen = selection.select(self.selection, stats, ctx.task.classes, self.per_class,
                                   ctx.rng)

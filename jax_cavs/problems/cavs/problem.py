@@ -33,6 +33,7 @@ from jax_cavs.core.problem import MODALITIES, Outputs
 from jax_cavs.data import sources
 from jax_cavs.models import weights as weights_lib
 from jax_cavs.models.audio.vggish import VGGISH_NUM_BANDS, VGGISH_NUM_FRAMES
+from jax_cavs.problems.cavs import class_features
 from jax_cavs.problems.cavs import model as model_lib
 from jax_cavs.problems.cavs import overlays, report, scenarios, streams
 from jax_cavs.problems.cavs.evaluator import SegmentationEvaluator, mask_unseen
@@ -166,6 +167,16 @@ class CAVSProblem:
         labels = batch["labels"] if labels is None else labels
         ce = segmentation.masked_cross_entropy(outputs.logits, labels, classes)
         return reduce.masked_mean(ce, self.weights(batch))
+
+    def class_statistics(self, outputs, batch) -> dict[str, jnp.ndarray]:
+        """Replay selection's per-clip class presence and features (``class_features``)."""
+        k = self.num_classes
+        out = {"presence": class_features.class_pixels(batch["labels"], k)}
+        if outputs is not None:
+            sums, weights = class_features.class_feature_sums(
+                outputs.features[class_features.HERDING_FEATURE], batch["labels"], k)
+            out.update(feature_sums=sums, feature_weights=weights)
+        return out
 
     def param_roles(self) -> dict[str, tuple[str, ...]]:
         return {"classifier": CLASSIFIER, "norm": NORM_LAYERS,
