@@ -20,3 +20,20 @@ def tiny_data_dir(tmp_path_factory) -> str:
     data_dir = str(tmp_path_factory.mktemp("data"))
     sources.load_dataset("synth_avs", "tiny", data_dir)
     return data_dir
+
+
+@pytest.fixture(scope="session")
+def avsbench_runlocal_data(tmp_path_factory) -> str:
+    """A data dir whose TFDS manual directory holds an AVSBench-semantic tree written from
+    SynthAVS tiny (10-frame v1s-style clips, only frame 0 annotated, 3 val clips), for
+    ``configs/<method>.py:avsbench,runlocal``."""
+    import dataclasses
+
+    from data_pipelines import avsbench_layout, synth_avs
+
+    data_dir = tmp_path_factory.mktemp("avsbench_data")
+    tiny = dataclasses.replace(synth_avs.SynthAVS.builder_configs["tiny"], name="x",
+                               num_frames=10, short_clip_share=0.5, first_frame_only_share=1.0)
+    avsbench_layout.write_synth_avs_semantic(
+        str(data_dir / "downloads" / "manual" / "avsbench_semantic"), tiny, val_clips=3)
+    return str(data_dir)

@@ -3,7 +3,6 @@ end-to-end run on an AVSBench-layout tree written by the tests (``avsbench,runlo
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -11,7 +10,7 @@ import sys
 
 import pytest
 
-from data_pipelines import avsbench_layout, synth_avs
+from data_pipelines import synth_avs
 from jax_cavs.problems.cavs import config as config_base
 from jax_cavs.problems.cavs import scenarios
 
@@ -74,17 +73,16 @@ def test_missing_avsbench_data_names_the_directory(tmp_path):
 
 
 @pytest.mark.slow
-def test_avsbench_runlocal_on_a_written_tree(tmp_path):
-    data_dir = tmp_path / "data"
-    tiny = dataclasses.replace(synth_avs.SynthAVS.builder_configs["tiny"], name="x",
-                               num_frames=10, short_clip_share=0.5, first_frame_only_share=1.0)
-    avsbench_layout.write_synth_avs_semantic(
-        str(data_dir / "downloads" / "manual" / "avsbench_semantic"), tiny, val_clips=3)
+def test_avsbench_runlocal_on_a_written_tree(tmp_path, avsbench_runlocal_data):
     workdir = tmp_path / "run"
     result = cli("--config", "configs/finetune.py:avsbench,runlocal", "--workdir", str(workdir),
-                 f"--config.dataset.data_dir={data_dir}")
+                 f"--config.dataset.data_dir={avsbench_runlocal_data}")
     assert result.returncode == 0, result.stderr[-3000:]
     with open(workdir / "metrics.json") as f:
         metrics = json.load(f)
     assert [t["task"] for t in metrics["tasks"]] == [0, 1]
-    assert len(metrics["tasks"][-1]["per_class_iou"]) == tiny.num_classes + 1
+    num_classes = synth_avs.SynthAVS.builder_configs["tiny"].num_classes
+    assert len(metrics["tasks"][-1]["per_class_iou"]) == num_classes + 1
+    # Validation is off by default: no history, no best model (the last epoch ends a task).
+    assert all("validation" not in task for task in metrics["tasks"])
+    assert not (workdir / "models" / "best_0").exists()

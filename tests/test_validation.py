@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 
@@ -11,7 +10,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from data_pipelines import avsbench_layout, synth_avs
 from jax_cavs.core import checkpoint as ckpt_lib
 from jax_cavs.core import validation
 
@@ -44,20 +42,15 @@ def test_the_best_is_the_highest_score_earliest_on_ties_undefined_lowest():
 
 
 @pytest.mark.slow
-def test_avsbench_runlocal_keeps_the_best_validated_epoch(tmp_path):
+def test_avsbench_runlocal_keeps_the_best_validated_epoch(tmp_path, avsbench_runlocal_data):
     """On an AVSBench-layout tree with a 'val' split: every epoch is validated, the chosen
     epoch is the history's argmax, and the learner that ends the task (``models/task_t``,
     the next task's start) is bitwise the best one (``models/best_t``)."""
     from test_avsbench_config import cli  # pylint: disable=import-outside-toplevel
 
-    data_dir = tmp_path / "data"
-    tiny = dataclasses.replace(synth_avs.SynthAVS.builder_configs["tiny"], name="x",
-                               num_frames=10, short_clip_share=0.5, first_frame_only_share=1.0)
-    avsbench_layout.write_synth_avs_semantic(
-        str(data_dir / "downloads" / "manual" / "avsbench_semantic"), tiny, val_clips=3)
     workdir = tmp_path / "run"
     result = cli("--config", "configs/finetune.py:avsbench,runlocal", "--workdir", str(workdir),
-                 f"--config.dataset.data_dir={data_dir}", "--config.train.epochs=3",
+                 f"--config.dataset.data_dir={avsbench_runlocal_data}", "--config.train.epochs=3",
                  "--config.train.validate_every=1", "--config.train.select_metric=miou.all")
     assert result.returncode == 0, result.stderr[-3000:]
     with open(workdir / "metrics.json") as f:
