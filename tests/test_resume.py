@@ -120,3 +120,39 @@ def test_killed_and_resumed_run_is_bitwise_identical(tmp_path, tiny_data_dir):
         assert f.read() == expected
     got, want = final_params(resumed), final_params(reference)
     jax.tree_util.tree_map(np.testing.assert_array_equal, got, want)
+
+
+# Kill points of the strategies with state beyond the learner: PLOP's thresholds (computed
+# by prepare_task, in the checkpoint), CMR's visual twin (an auxiliary model with its own
+# mid-training checkpoints) and CSR draw, EWC's importance and anchor (end_task).
+KILLS = {
+    "plop": [r"task 1/2 train:\s+\d+%\|[^|]*\|\s*(9|1[0-9])/",
+             r"task 2/2 train:\s+\d+%\|[^|]*\|\s*[2-9]/"],
+    "cmr": [r"task 1/2 train:\s+\d+%\|[^|]*\|\s*(9|1[0-9])/",
+            r"task 1/2 visual_twin:\s+\d+%\|[^|]*\|\s*(9|1[0-9])/",
+            r"task 2/2 train:\s+\d+%\|[^|]*\|\s*[2-9]/"],
+    "ewc": [r"task 1/2 train:\s+\d+%\|[^|]*\|\s*(9|1[0-9])/",
+            r"task 2/2 train:\s+\d+%\|[^|]*\|\s*[2-9]/"],
+}
+
+
+@pytest.mark.parametrize("method", sorted(KILLS))
+def test_strategies_with_state_resume_bitwise_after_sigkill(method, tmp_path, tiny_data_dir):
+    def cmd(workdir):
+        return [sys.executable, "-m", "jax_cavs.main", "--config", f"configs/{method}.py:runlocal",
+                "--workdir", workdir, f"--config.dataset.data_dir={tiny_data_dir}",
+                "--config.train.checkpoint_every=4", "--config.train.epochs=1"]
+
+    reference, resumed = str(tmp_path / "reference"), str(tmp_path / "resumed")
+    run_until(cmd(reference), None)
+    for pattern in KILLS[method]:
+        run_until(cmd(resumed), pattern)
+    assert "Resuming" in run_until(cmd(resumed), None)
+    for name in ("metrics.json", *(["memory/task_0.json", "memory/collisions_1.json"]
+                                   if method == "cmr" else [])):
+        with open(os.path.join(reference, name), "rb") as f:
+            expected = f.read()
+        with open(os.path.join(resumed, name), "rb") as f:
+            assert f.read() == expected, name
+    jax.tree_util.tree_map(np.testing.assert_array_equal, final_params(resumed),
+                           final_params(reference))
