@@ -275,6 +275,15 @@ class SelectionTest(absltest.TestCase):
         self.assertEqual(pick("smallest"), [1, 5, 4])   # Δ -0.30, -0.10, -0.05
         self.assertEqual(pick("largest"), [3, 0, 2])    # Δ 0.25, 0.10, 0.02
 
+    def test_last_bit_differences_of_the_scores_rank_as_ties(self):
+        # Video 5's |Δ| is below video 0's by 1e-8 (another process count's float32
+        # rounding): still tied, so id 40 comes first; 1e-4 below still decides.
+        for delta, first in ((1e-8, 0), (1e-4, 5)):
+            dev = list(self.DEV)
+            dev[5] = -(0.10 - delta)
+            scores = _scores(dev, self.PRESENCE, ids=[40, 41, 42, 43, 44, 45])
+            self.assertEqual(mss.select(scores, [1], 4, "mss", None)[1].tolist()[2], first)
+
     def test_random_is_seeded_distinct_and_within_the_class(self):
         presence = self.PRESENCE + [[0, 0, 1]] * 2
         scores = _scores(self.DEV + [0.0, 0.0], presence)

@@ -368,6 +368,24 @@ class SelectionTest(absltest.TestCase):
         chosen = selection.herding_selection(_stats(pixels, per_class), (1,), 2)
         np.testing.assert_array_equal(chosen[1], [102, 103])
 
+    def test_herding_picks_survive_last_bit_perturbations(self):
+        # Two copies of c (rows 2 and 4): tied, so the earlier wins, and a perturbation of
+        # 1e-7 (float32 rounding of another process count's features) that makes row 4 the
+        # exact argmin changes nothing; a real difference (1e-3) still decides.
+        base = np.array([[2.0, 0.0], [0.0, 5.0], [0.8, 0.6], [0.84, 2.88], [0.8, 0.6]])
+        for delta in (0.0, 1e-7, -1e-7):
+            features = base.copy()
+            features[4] += [delta, -delta]
+            self.assertEqual(int(selection.herding_order(features, 1)[0]), 2)
+        features = base.copy()
+        features[4] = [0.7, 0.72]  # closer to μ = mean of the 5 normalised rows than c
+        mean = (features / np.linalg.norm(features, axis=1, keepdims=True)).mean(0)
+        distances = np.linalg.norm(mean - features / np.linalg.norm(features, axis=1,
+                                                                    keepdims=True), axis=1)
+        self.assertEqual(int(selection.herding_order(features, 1)[0]), int(np.argmin(distances)))
+        self.assertGreater(np.sort(distances)[1] - distances.min(),
+                           selection.HERDING_TIE_TOLERANCE)
+
     def test_class_feature_sums_by_hand(self):
         # One clip, one frame, 4x4 labels, 2x2 feature map (1 channel = the cell's number).
         labels = np.array([[1, 1, 0, 0],

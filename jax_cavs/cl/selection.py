@@ -29,6 +29,11 @@ import numpy as np
 from jax_cavs.core import hostpass, steps
 
 SELECTIONS = ("random", "herding")
+# Herding's argmin treats distances within this of the minimum as tied and takes the earliest
+# row (record order): runs on other process counts compute the features from weights that
+# differ in the last float32 bits (other reduction orders), and must still pick the same
+# videos (DECISION; FACIL's argmin is exact). Normalised features: distances are O(1).
+HERDING_TIE_TOLERANCE = 1e-5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +107,8 @@ def herding_order(features: np.ndarray, count: int) -> np.ndarray:
     """The first ``count`` herding picks (row indices) of features [n, C] (iCaRL, FACIL).
 
     Features are L2-normalised; μ = their mean; pick k minimises ‖μ − (φ + S_{k−1}) / k‖ over
-    the rows not picked yet, S_{k−1} the sum of the previous picks' features.
+    the rows not picked yet, S_{k−1} the sum of the previous picks' features; rows within
+    ``HERDING_TIE_TOLERANCE`` of the minimum are tied, the earliest wins.
     """
     features = np.asarray(features, np.float64)
     if features.shape[0] == 0:
@@ -116,7 +122,7 @@ def herding_order(features: np.ndarray, count: int) -> np.ndarray:
     for k in range(1, min(count, features.shape[0]) + 1):
         distances = np.linalg.norm(mean - (features + running_sum) / k, axis=1)
         distances[~available] = np.inf
-        best = int(np.argmin(distances))
+        best = int(np.argmax(distances <= distances.min() + HERDING_TIE_TOLERANCE))
         picked.append(best)
         available[best] = False
         running_sum += features[best]

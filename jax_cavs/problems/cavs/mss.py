@@ -149,12 +149,17 @@ def score_videos(problem, av_variables: tuple[Any, Any], v_variables: tuple[Any,
 
 # -- selection (host-side numpy) ------------------------------------------------------------
 
+SCORE_DECIMALS = 6
+
+
 def rank(scores: VideoScores, candidates: np.ndarray, rule: str) -> np.ndarray:
     """``candidates`` (positions into ``scores``) ordered by ``rule``, best first; ties by id.
 
-    ``"mss"``: |Δ| ascending; ``"smallest"``: Δ ascending; ``"largest"``: Δ descending.
+    ``"mss"``: |Δ| ascending; ``"smallest"``: Δ ascending; ``"largest"``: Δ descending. Δ is
+    rounded to ``SCORE_DECIMALS`` first: a run on another process count computes the float32
+    scores in another reduction order, and must rank the videos alike (DECISION).
     """
-    deviation = scores.deviation[candidates]
+    deviation = np.round(scores.deviation[candidates], SCORE_DECIMALS)
     key = {"mss": np.abs(deviation), "smallest": deviation, "largest": -deviation}[rule]
     return candidates[np.lexsort((scores.ids[candidates], key))]
 
