@@ -17,8 +17,9 @@ import jax
 import numpy as np
 import pytest
 
+from jax_cavs import experiment
 from jax_cavs.core import checkpoint as ckpt_lib
-from jax_cavs.core import loop as experiment
+from jax_cavs.core import guards
 from jax_cavs.problems.cavs import strategies
 
 pytestmark = pytest.mark.slow
@@ -39,7 +40,7 @@ def method_config(name: str, data_dir: str, arg: str = "runlocal"):
 
 
 def run(config, workdir) -> dict:
-    experiment.Experiment.create(config, str(workdir)).run()
+    experiment.create(config, str(workdir)).run()
     with open(os.path.join(workdir, "metrics.json")) as f:
         return json.load(f)
 
@@ -105,21 +106,21 @@ def test_mismatching_sources_are_refused(first_task, tiny_data_dir, tmp_path):
     lwf_mc = method_config("lwf_mc", tiny_data_dir)
     with pytest.raises(ValueError, match="first-task objective: 'finetune' trains it with "
                                          "'ce', 'lwf_mc' with 'bce'"):
-        experiment.check_first_task_source(source, lwf_mc, strategies.get_strategy("lwf_mc"))
+        guards.check_first_task_source(source, lwf_mc, strategies.get_strategy("lwf_mc"))
     si = method_config("si", tiny_data_dir)
     with pytest.raises(ValueError, match="strategy 'si' cannot reuse a first task"):
-        experiment.check_first_task_source(source, si, strategies.get_strategy("si"))
+        guards.check_first_task_source(source, si, strategies.get_strategy("si"))
     other_lr = method_config("mib", tiny_data_dir)
     other_lr.optimizer.lr = 0.5
     with pytest.raises(ValueError, match=r"optimizer\.lr: 0\.001 -> 0\.5"):
-        experiment.check_first_task_source(source, other_lr, strategies.get_strategy("mib"))
+        guards.check_first_task_source(source, other_lr, strategies.get_strategy("mib"))
     # Only the first task matters: the later tasks' rate may differ.
     other_lr.optimizer.lr = 1e-3
     other_lr.optimizer.lr_incremental = 0.5
-    experiment.check_first_task_source(source, other_lr, strategies.get_strategy("mib"))
+    guards.check_first_task_source(source, other_lr, strategies.get_strategy("mib"))
     with pytest.raises(FileNotFoundError, match="config.json does not exist"):
-        experiment.check_first_task_source(str(tmp_path), other_lr,
-                                           strategies.get_strategy("mib"))
+        guards.check_first_task_source(str(tmp_path), other_lr,
+                                       strategies.get_strategy("mib"))
 
 
 def test_task_models_hold_the_learner_and_reject_other_models(first_task, tmp_path):

@@ -32,8 +32,9 @@ from jax_cavs.problems.cavs import config as config_base
 from jax_cavs.core import parallel
 from jax_cavs.problems.cavs import strategies
 from jax_cavs.core import steps as train_lib
-from jax_cavs.core.loop import build_optimizer, model_config
+from jax_cavs.core.optim import build_optimizer
 from jax_cavs.problems.cavs.model import build_model
+from jax_cavs.problems.cavs.problem import CAVSProblem
 from jax_cavs.models.backbones.resnet import ResNet
 from jax_cavs.core.state import create_state
 
@@ -54,6 +55,11 @@ RUN_FLAGS = ("--config.train.epochs=1", "--config.train.batch_size=8",
 
 def runlocal_config() -> ml_collections.ConfigDict:
     return config_base.base_config("finetune", config_base.parse_arg("runlocal", runlocal=False))
+
+
+def model_config(cfg: ml_collections.ConfigDict, num_classes: int) -> ml_collections.ConfigDict:
+    """The model fields of the config plus the class count (``CAVSProblem.from_config``)."""
+    return ml_collections.ConfigDict({**cfg.to_dict(), "num_classes": num_classes})
 
 
 def subprocess_env(devices: int) -> dict[str, str]:
@@ -144,8 +150,9 @@ def random_like(shapes, seed: int = 0):
 
 
 def initial_state(optimizer: str = "adam", **model_overrides):
-    """(model, host ContinualState) of the runlocal model (fields overridden by
-    ``model_overrides``) with classes 0..6 of 9 seen and 1..6 current."""
+    """(problem, host ContinualState) of the runlocal model (fields overridden by
+    ``model_overrides``; ``CAVSProblem(model)``) with classes 0..6 of 9 seen and 1..6
+    current."""
     cfg = runlocal_config()
     cfg.optimizer.name = optimizer
     model = build_model(ml_collections.ConfigDict(
@@ -156,7 +163,7 @@ def initial_state(optimizer: str = "adam", **model_overrides):
                          False, {})
     seen = np.arange(NUM_CLASSES) < 7
     state = state.replace(seen=jnp.asarray(seen), current=jnp.asarray(seen).at[0].set(False))
-    return model, jax.device_get(state)
+    return CAVSProblem(model), jax.device_get(state)
 
 
 STEP_LAYOUTS = {"single": (1, 1), "data": (8, 1), "fsdp": (2, 4)}  # (data, fsdp) devices
@@ -173,8 +180,9 @@ def sharded_step_results(out_path: str) -> None:
     gradients that are exactly 0 in exact arithmetic, e.g. of a bias followed by BatchNorm,
     into steps of up to lr in either direction: a property of Adam, not of sharding.)
     """
-    model, host_state = initial_state("sgd")
-    step_fn = train_lib.make_train_step(model, strategies.get_strategy("finetune"))
+    problem, host_state = initial_state("sgd")
+    step_fn = train_lib.make_train_step(problem, strategies.get_strategy("finetune",
+                                                                         problem=problem))
     batch, rng = random_batch(), jax.random.key(1)
     devices = np.asarray(jax.devices())
     assert devices.size == 8, "run with --xla_force_host_platform_device_count=8"
@@ -325,25 +333,28 @@ def test_bfloat16_compute_keeps_float32_params_logits_and_loss():
     error (Frobenius) below 5e-2, an order of magnitude above bfloat16's unit roundoff
     2^-8 ≈ 3.9e-3, and above 1e-4, far above float32 rounding, so the compute really is
     bfloat16."""
-    model16, state = initial_state(dtype="bfloat16")
-    model32, _ = initial_state()
-    strategy = strategies.get_strategy("finetune")
+    problem16, state = initial_state(dtype="bfloat16")
+    problem32, _ = initial_state()
+    strategy16 = strategies.get_strategy("finetune", problem=problem16)
     batch = {k: jnp.asarray(v[:2]) for k, v in random_batch().items()}
-    new_state, metrics = jax.eval_shape(train_lib.make_train_step(model16, strategy), state,
-                                        batch, jax.random.key(0))
+    new_state, metrics = jax.eval_shape(train_lib.make_train_step(problem16, strategy16),
+                                        state, batch, jax.random.key(0))
     floats = [x.dtype for x in jax.tree_util.tree_leaves(
         (new_state.params, new_state.batch_stats, new_state.opt_state, metrics))
         if jnp.issubdtype(x.dtype, jnp.floating)]
     assert floats and all(dtype == jnp.float32 for dtype in floats)
 
-    def loss_and_logits(model):
+    def loss_and_logits(problem):
+        strategy = strategies.get_strategy("finetune", problem=problem)
+
         def run(s, b):
-            outputs = train_lib.forward(model, s.params, s.batch_stats, b, train=True)[0]
+            outputs = problem.apply(train_lib.variables(s.params, s.batch_stats), b,
+                                    train=True)[0]
             return strategy.loss(s, b, outputs, None, None)[0], outputs.logits
         return jax.jit(run)(state, batch)
 
-    loss16, logits16 = loss_and_logits(model16)
-    _, logits32 = loss_and_logits(model32)
+    loss16, logits16 = loss_and_logits(problem16)
+    _, logits32 = loss_and_logits(problem32)
     assert loss16.dtype == logits16.dtype == jnp.float32 and np.isfinite(float(loss16))
     error = float(jnp.linalg.norm(logits16 - logits32) / jnp.linalg.norm(logits32))
     assert 1e-4 < error < 5e-2
