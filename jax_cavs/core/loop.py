@@ -65,12 +65,7 @@ class Experiment:
         if config.train.get("batch_to_devices", False):
             config = parallel.batches_to_devices(config,
                                                  parallel.make_mesh(config.parallel).devices.size)
-        if config.train.get("validate_every", 0) and not all(
-                len(task.val_indices) for task in scenario.tasks):
-            raise ValueError(f"config field train.validate_every="
-                             f"{config.train.validate_every}, but scenario {scenario.name} has "
-                             f"tasks without validation records (the dataset has no "
-                             f"{scenario.val_split!r} split); set it to 0.")
+        validation.check_scenario(config, scenario)
         return cls(config, workdir, problem, scenario, strategy, state,
                    ckpt_lib.Checkpointer(workdir))
 
@@ -179,7 +174,7 @@ class Experiment:
             if meta["phase"] == "start":
                 state = self.begin_task(state, ctx)
                 meta.update(phase="train", step=0)
-                meta.pop("validation", None)
+                meta.pop("validation", None), meta.pop("eval_points", None)
                 data = {"items": self._task_items[t], "iterator": None}
             self._task_items[t] = [tuple(item) for item in data["items"]]
             if meta["phase"] == "train":
@@ -194,7 +189,7 @@ class Experiment:
                     state = self.fit(state, t, self.step_fn(self.strategy), "train",
                                      first=meta["step"], iterator_state=data.get("iterator"),
                                      checkpoint=checkpoint, log=True,
-                                     validate=self.validator(t, meta))
+                                     during=self.in_task_evaluation(t, meta))
                     if meta.get("validation"):
                         state = self.restore_best(state, t, meta["validation"])
                 ckpt_lib.save_task_model(self.workdir, t, state.params, state.batch_stats)
@@ -207,7 +202,7 @@ class Experiment:
             meta["tasks"].append(self.task_record(t, scores, meta))
             meta["accuracy_matrix"].append(scores["groups"])
             meta.update(task=t + 1, phase="start", step=0, aux=[], aux_done=[])
-            meta.pop("validation", None)
+            meta.pop("validation", None), meta.pop("eval_points", None)
             aux = {}
             self.save(state, meta, {})
             self.write_outputs(state, meta, t, time.time() - start)
@@ -227,13 +222,8 @@ class Experiment:
 
     def reuse_first_task(self, state: ContinualState) -> ContinualState:
         """The learner after the first task's training, taken from the run in
-        ``config.first_task_from`` instead of training it again (MiB/PLOP's ``--step_ckpt``).
-
-        Valid when both runs train the first task identically (checked in ``create``,
-        ``guards.check_first_task_source``). This strategy's own ``end_task`` (importance,
-        memory selection, CMR's twin) then runs as usual, so a comparison of methods trains
-        the shared first task once.
-        """
+        ``config.first_task_from`` (MiB/PLOP's ``--step_ckpt``; both runs must train it alike:
+        ``guards.check_first_task_source``); this strategy's ``end_task`` then runs as usual."""
         source = os.path.expanduser(self.config.first_task_from)
         params, batch_stats = ckpt_lib.load_task_model(source, 0, state.params,
                                                         state.batch_stats)
@@ -286,12 +276,14 @@ class Experiment:
 
     def fit(self, state: ContinualState, t: int, step_fn, desc: str, first: int = 0,
             iterator_state: dict | None = None, checkpoint=None, log: bool = False,
-            validate=None) -> ContinualState:
+            during=None) -> ContinualState:
         """Runs ``step_fn`` over ``config.train.epochs`` shuffled epochs of task ``t``'s items.
 
         Starts at step ``first`` from ``iterator_state``; calls ``checkpoint(state, step,
-        iterator state)`` every ``config.train.checkpoint_every`` steps and ``validate(state,
-        epoch)`` at ``validation.due`` points; ``log`` writes the losses to TensorBoard. A non-finite loss term stops the run before anything is saved
+        iterator state)`` every ``config.train.checkpoint_every`` steps and ``during(state,
+        step, steps per epoch, steps)`` after every step (``in_task_evaluation``); ``log``
+        writes the losses to TensorBoard. A non-finite loss term stops the run before
+        anything is saved
         (``NonFiniteLoss``).
         """
         cfg = self.config.train
@@ -321,10 +313,8 @@ class Experiment:
                     self.writer.scalars(int(state.step), {
                         **{f"train/{k}": v for k, v in values.items()},
                         "train/learning_rate": float(optim.learning_rate(state.opt_state))})
-            epoch = validate and validation.due(i + 1, epoch_steps, cfg.validate_every, steps)
-            if epoch:
-                guard.check()
-                validate(state, epoch)
+            if during:
+                during(state, i + 1, epoch_steps, steps, guard)
             if checkpoint and cfg.checkpoint_every and (i + 1) % cfg.checkpoint_every == 0 \
                     and not last:
                 guard.check()
@@ -332,26 +322,37 @@ class Experiment:
         guard.check()
         return state
 
-    def validator(self, t: int, meta: dict[str, Any]):
-        """``validate(state, epoch)`` for task ``t``'s training (``core.validation``), or None
-        when ``config.train.validate_every`` is 0; keeps its history in ``meta``."""
-        cfg = self.config.train
-        if not cfg.get("validate_every", 0):
+    def in_task_evaluation(self, t: int, meta: dict[str, Any]):
+        """``during(state, step, steps per epoch, steps, guard)`` for task ``t``'s training, or
+        None: validation at ``validation.due`` steps when ``config.train.validate_every``
+        (best epoch kept, ``core.validation``), and a test-split evaluation at the scenario's
+        ``eval_points`` of this task (task-free protocols). Both histories ride in ``meta``."""
+        cfg, sc = self.config.train, self.scenario
+        points = {step for task, step in sc.eval_points if task == t}
+        if not cfg.get("validate_every", 0) and not points:
             return None
 
-        def validate(state: ContinualState, epoch: int) -> None:
-            scores = self.evaluate(state, t, self.scenario.val_split,
-                                   self.scenario.tasks[t].val_indices)
-            value = validation.metric_value(scores["record"], cfg.select_metric)
-            history = meta.setdefault("validation", {"metric": cfg.select_metric,
-                                                     "scores": []})
-            if validation.record(history, epoch, value):
-                ckpt_lib.save_task_model(self.workdir, t, state.params, state.batch_stats,
-                                         kind="best")
-            if self.writer:
-                self.writer.scalars(int(state.step), {f"val/{cfg.select_metric}": value})
+        def during(state: ContinualState, step: int, epoch_steps: int, steps: int, guard):
+            epoch = cfg.get("validate_every", 0) and validation.due(
+                step, epoch_steps, cfg.validate_every, steps)
+            if epoch or step in points:
+                guard.check()
+            if epoch:
+                scores = self.evaluate(state, t, sc.val_split, sc.tasks[t].val_indices)
+                value = validation.metric_value(scores["record"], cfg.select_metric)
+                history = meta.setdefault("validation", {"metric": cfg.select_metric,
+                                                         "scores": []})
+                if validation.record(history, epoch, value):
+                    ckpt_lib.save_task_model(self.workdir, t, state.params, state.batch_stats,
+                                             kind="best")
+                if self.writer:
+                    self.writer.scalars(int(state.step), {f"val/{cfg.select_metric}": value})
+            if step in points:
+                scores = self.evaluate(state, t)
+                meta.setdefault("eval_points", []).append(
+                    {"step": step, "groups": scores["groups"], **scores["record"]})
 
-        return validate
+        return during
 
     def restore_best(self, state: ContinualState, t: int, history: dict[str, Any]
                      ) -> ContinualState:
@@ -365,7 +366,7 @@ class Experiment:
 
     def task_record(self, t: int, scores: dict[str, Any], meta: dict[str, Any]
                     ) -> dict[str, Any]:
-        extra = {"validation": meta["validation"]} if meta.get("validation") else {}
+        extra = {k: meta[k] for k in ("validation", "eval_points") if meta.get(k)}
         return {"task": t, "classes": list(self.scenario.tasks[t].classes), **scores["record"],
                 **extra}
 

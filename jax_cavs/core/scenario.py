@@ -60,8 +60,9 @@ class Scenario:
         split's tasks, also when training jointly).
       has_background: class 0 is shared background, live in every task and in group 0.
       task_id_at_test: the task identity is given at test time (task-incremental protocols).
-      eval_points: extra evaluation points inside the stream (task-free protocols; empty:
-        after every task only).
+      eval_points: extra evaluations inside the stream (task-free protocols): (task, step)
+        pairs, the test split scored after that many optimiser steps of the task's training
+        (``core.validation``; empty: after every task only).
       val_split: the split the tasks' ``val_indices`` index.
       mode, subset, class_order: how the builder made it, recorded in metrics.json.
     """
@@ -73,7 +74,7 @@ class Scenario:
     report_groups: tuple[tuple[int, ...], ...]
     has_background: bool = True
     task_id_at_test: bool = False
-    eval_points: tuple[int, ...] = ()
+    eval_points: tuple[tuple[int, int], ...] = ()
     val_split: str = "val"
     mode: str = ""
     subset: str = ""

@@ -1,4 +1,6 @@
-"""Validation during a task's training and best-checkpoint selection.
+"""Evaluation during a task's training: validation with best-checkpoint selection, and the
+scenario's eval points (task-free protocols: test-split scores at fixed steps of the stream,
+``tasks[t].eval_points`` in metrics.json).
 
 With ``config.train.validate_every = k > 0`` the loop scores the learner on the task's
 validation records (``TaskSpec.val_indices`` of the scenario's ``val_split``) after every k-th
@@ -14,6 +16,19 @@ from __future__ import annotations
 
 import math
 from typing import Any, Mapping
+
+
+def check_scenario(config, scenario) -> None:
+    """Refuses validation without validation records, and eval points outside the tasks."""
+    every = config.train.get("validate_every", 0)
+    if every and not all(len(task.val_indices) for task in scenario.tasks):
+        raise ValueError(f"config field train.validate_every={every}, but scenario "
+                         f"{scenario.name} has tasks without validation records (the dataset "
+                         f"has no {scenario.val_split!r} split); set it to 0.")
+    for task, step in scenario.eval_points:
+        if not 0 <= task < len(scenario.tasks) or step < 1:
+            raise ValueError(f"scenario {scenario.name}: eval point (task {task}, step {step}) "
+                             f"is not a step >= 1 of one of its {len(scenario.tasks)} tasks.")
 
 
 def metric_value(record: Mapping[str, Any], path: str) -> float | None:
