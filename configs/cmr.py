@@ -1,6 +1,6 @@
 """CMR (Hong et al. 2025), the project's main method: PLOP's loss + a replay memory selected by
 Multi-modal Sample Selection + Collision-based Sample Rehearsal (spec_cavs §6,
-jax_cavs/strategies/cmr.py).
+jax_cavs/problems/cavs/strategies/cmr.py).
 
 Paper settings [A.3]: 5 videos per class, 20% of the memory resampled by collisions, PLOP's
 hyper-parameters (``configs/plop.py``). Every reconstructed choice of spec §6 is a field of

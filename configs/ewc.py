@@ -1,5 +1,5 @@
 """EWC (Kirkpatrick et al. PNAS 2017): fine-tuning + λ·c·Σ F (θ − θ*)² with the diagonal
-empirical Fisher F of every past task (spec_family §D, jax_cavs/strategies/ewc.py).
+empirical Fisher F of every past task (spec_family §D, jax_cavs/cl/strategies/ewc.py).
 
 Defaults: FACIL's λ and penalty [mmasana/FACIL src/approach/ewc.py: --lamb 5000,
 Σ F (θ−θ*)² / 2] with online consolidation F ← γF + F_new, γ = 1 (Schwarz et al.;

@@ -1,5 +1,5 @@
 """ILT (Michieli & Zanuttigh 2019): LwF + feature distillation of the backbone output
-(spec_cavs §5.3, jax_cavs/strategies/ilt.py).
+(spec_cavs §5.3, jax_cavs/problems/cavs/strategies/ilt.py).
 
 Hyper-parameters are the reference ``--method ILT`` [MiB:argparser.py]. ``strategy.feature``
 is the DECISION of spec §5.3: ``"backbone"`` (ResNet layer4, DeepLab's ``body``), or

@@ -1,5 +1,5 @@
 """LwF (Li & Hoiem 2016, segmentation version of MiB/PLOP): CE + 100 · output KD on the old
-classes (spec_cavs §5.2, jax_cavs/strategies/lwf.py).
+classes (spec_cavs §5.2, jax_cavs/cl/strategies/lwf.py).
 
 Hyper-parameters are the reference ``--method LWF`` [MiB/PLOP:argparser.py]. Optimiser: the
 papers only lower the learning rate 10x for the incremental steps (0.01 -> 0.001 with SGD).

@@ -1,5 +1,5 @@
 """LwF-MC (iCaRL's multi-class LwF without exemplars): per-class BCE + 10 · sigmoid
-distillation of the old classes (spec_cavs §5.4, jax_cavs/strategies/lwf_mc.py).
+distillation of the old classes (spec_cavs §5.4, jax_cavs/problems/cavs/strategies/lwf_mc.py).
 
 Hyper-parameters are the reference ``--method LWF-MC`` [MiB:argparser.py: icarl = True,
 icarl_importance = 10, combined mode]. Optimiser: as configs/lwf.py (the papers lower

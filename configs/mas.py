@@ -1,6 +1,6 @@
 """MAS (Aljundi et al. ECCV 2018): fine-tuning + λ·c·Σ Ω (θ − θ*)² with Ω the sensitivity of
 the L2 norm of the (seen-class) logits to each parameter (spec_family §D,
-jax_cavs/strategies/mas.py).
+jax_cavs/cl/strategies/mas.py).
 
 Defaults: FACIL's MAS [mmasana/FACIL src/approach/mas.py: --lamb 1, --alpha 0.5
 (Ω ← αΩ + (1−α)Ω_new), penalty Σ Ω (θ−θ*)² / 2]. Normalisation layers and the classifier head

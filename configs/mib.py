@@ -1,5 +1,5 @@
 """MiB (Cermelli et al. CVPR 2020): unbiased CE + 10 · unbiased KD + balanced initialisation
-of the new classes (spec_cavs §4, §5.5, jax_cavs/strategies/mib.py).
+of the new classes (spec_cavs §4, §5.5, jax_cavs/problems/cavs/strategies/mib.py).
 
 Hyper-parameters are the reference ``--method MiB`` [MiB/PLOP:argparser.py: loss_kd = 10,
 unce, unkd, init_balanced]. Optimiser: the paper lowers the learning rate 10x for the

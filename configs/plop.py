@@ -1,5 +1,5 @@
 """PLOP (Douillard et al. CVPR 2021): entropy pseudo-labels with the adaptive factor + Local
-POD + balanced initialisation (spec_cavs §5.6, jax_cavs/strategies/plop.py).
+POD + balanced initialisation (spec_cavs §5.6, jax_cavs/problems/cavs/strategies/plop.py).
 
 Hyper-parameters are the reference ``--method PLOP`` [PLOP:argparser.py]. ``pod_pre_logits``
 is the spec §5.6(b) DECISION ("decoder": D1; "neck": the deepest TPAVI-fused map).

@@ -1,5 +1,5 @@
 """Replay: fine-tuning on each task's videos mixed with a memory of k videos per past class
-(jax_cavs/strategies/replay.py); the rehearsal baseline without CMR's selection and
+(jax_cavs/cl/strategies/replay.py); the rehearsal baseline without CMR's selection and
 resampling. Memory videos keep their true labels restricted to the seen classes.
 
 Defaults: k = 5 videos per class, CMR's budget [spec_cavs §6.4, paper A.3]; uniform random

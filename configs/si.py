@@ -1,5 +1,6 @@
-"""SI (Zenke et al. ICML 2017): fine-tuning + λ·Σ Ω (θ − θ*)² with the path-integral importance
-Ω accumulated from the actual parameter updates (spec_family §D, jax_cavs/strategies/si.py).
+"""SI (Zenke et al. ICML 2017): fine-tuning + λ·Σ Ω (θ − θ*)² with the path-integral
+importance Ω accumulated from the actual parameter updates (spec_family §D,
+jax_cavs/cl/strategies/si.py).
 
 Defaults: FACIL's path integral [mmasana/FACIL src/approach/path_integral.py: --lamb 0.1
 ("c", 1e-3 < c < 0.1 in the paper), --damping 0.1 (ξ, the paper's MNIST value; 1e-3 on CIFAR),

@@ -3,7 +3,7 @@
 Channels-last logits ``[..., H, W, K]`` cover all K classes of the scenario; the teacher's
 live channels are ``old`` (classes learned before the current task, incl. background, the
 spec's C_o channels), the student's are ``seen``. Per-pixel terms return ``[..., H, W]`` maps
-to be reduced with ``jax_cavs.losses.reduce.masked_mean`` (mean over all pixels, ignored
+to be reduced with ``jax_cavs.cl.reduce.masked_mean`` (mean over all pixels, ignored
 ones included: distillation does not look at labels). Notation of spec_cavs §5: z = student
 logits, q = teacher logits, C_o = |old|.
 

@@ -2,7 +2,7 @@
 
 The loss is fine-tuning's CE over the seen classes (spec_cavs §5.1). What changes is the data:
 at the end of every task, ``per_class`` training videos of each class learned in the task are
-chosen (``jax_cavs.memory.selection``: ``random`` or iCaRL ``herding``) and their record
+chosen (``jax_cavs.cl.selection``: ``random`` or iCaRL ``herding``) and their record
 indices stored in ``state.memory``; the following tasks' streams mix the memory videos into
 the task's videos (``Strategy.replay_ids``, shuffled together every epoch). Memory clips keep
 their true labels restricted to the classes seen so far (the pipeline's rule for

@@ -1,7 +1,7 @@
 """Per-pixel classification losses on channels-last logits with class masks.
 
 Every function returns a per-pixel loss map ``[..., H, W]`` (0 on ignored pixels); reduce it
-with ``jax_cavs.losses.reduce.masked_mean`` (mean over all pixels of annotated frames, the
+with ``jax_cavs.cl.reduce.masked_mean`` (mean over all pixels of annotated frames, the
 MiB/PLOP convention, spec_cavs §5). Class masks are ``bool[K]`` over the K logits:
 ``seen`` (classes learned so far incl. background), ``old`` (classes seen before the current
 task incl. background). Channels outside ``seen`` take no part in any softmax and get exactly
