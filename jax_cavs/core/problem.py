@@ -91,6 +91,10 @@ class Problem(Protocol):
         ``drop``: modalities of ``MODALITIES`` replaced by the model's "absent" input.
         """
 
+    def predict(self, outputs: Outputs, seen: jnp.ndarray) -> jnp.ndarray:
+        """The decoder: the prediction (CAVS: a class per pixel) over the live classes ``seen``
+        (bool [K]), for report panels and strategies that compare predictions (CMR's MSS)."""
+
     def loss(self, outputs: Outputs, batch: Batch, classes: jnp.ndarray,
              labels: jnp.ndarray | None = None) -> jnp.ndarray:
         """The problem's supervised loss (float32 scalar) over the live ``classes`` (bool
