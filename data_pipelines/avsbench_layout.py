@@ -34,11 +34,11 @@ import numpy as np
 import soundfile
 from PIL import Image
 
-from data_pipelines import avsbench_object, avsbench_semantic
+from data_pipelines import avsbench_object, avsbench_release, avsbench_semantic
 from data_pipelines.synth_avs_config import SynthAVSConfig
 from data_pipelines.synth_avs_scenes import SynthAVSGenerator
 
-SAMPLE_RATE = avsbench_semantic.SAMPLE_RATE
+SAMPLE_RATE = avsbench_release.SAMPLE_RATE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +104,7 @@ def write_semantic_release(root: str, clips: Sequence[SemanticClip], class_names
     """
     if class_names[0] != 'background':
         raise ValueError(f'class_names must start with "background", got {class_names[0]!r}.')
-    palette = avsbench_semantic.voc_palette(len(class_names))
+    palette = avsbench_release.voc_palette(len(class_names))
     os.makedirs(root, exist_ok=True)
     with open(os.path.join(root, 'label2idx.json'), 'w', encoding='utf-8') as f:
         json.dump({name: i + 1 for i, name in enumerate(class_names)}, f, indent=1)

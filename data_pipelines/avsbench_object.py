@@ -60,11 +60,11 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
-from data_pipelines import avsbench_semantic as common
+from data_pipelines import avsbench_release as release
 from jax_cavs.data import transforms
 
 NUM_FRAMES = 5
-SPLITS = common.SPLITS
+SPLITS = release.SPLITS
 
 _INSTRUCTIONS = """\
 Download AVSBench-object (Single-source S4 and Multi-sources MS3) from
@@ -204,7 +204,7 @@ class AvsbenchObject(tfds.core.GeneratorBasedBuilder):
                                                encoding=zlib),
                 'labels': tfds.features.Tensor(shape=(NUM_FRAMES, s, s), dtype=np.uint8,
                                                encoding=zlib),
-                'audio': tfds.features.Tensor(shape=(NUM_FRAMES * common.SAMPLE_RATE,),
+                'audio': tfds.features.Tensor(shape=(NUM_FRAMES * release.SAMPLE_RATE,),
                                               dtype=np.int16, encoding=zlib),
                 'frame_mask': tfds.features.Tensor(shape=(NUM_FRAMES,), dtype=np.bool_),
                 'label_mask': tfds.features.Tensor(shape=(NUM_FRAMES,), dtype=np.bool_),
@@ -217,7 +217,7 @@ class AvsbenchObject(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         protocol = self.builder_config.protocol
         layout = LAYOUTS[protocol]
-        root = common.manual_release_root(dl_manager, layout.csv, 'avsbench_object', self.name)
+        root = release.manual_release_root(dl_manager, layout.csv, 'avsbench_object', self.name)
         videos = _read_metadata(os.path.join(root, layout.csv), protocol)
         categories = sorted({v.category for v in videos}) if protocol == 's4' else ['sounding']
         class_names = ['background'] + categories
@@ -226,7 +226,7 @@ class AvsbenchObject(tfds.core.GeneratorBasedBuilder):
                                    'protocol': protocol})
         class_index = {name: i for i, name in enumerate(class_names)}
         return {split: self._generate_examples(root, selected, class_index)
-                for split, selected in common.videos_by_split(videos, root).items()}
+                for split, selected in release.videos_by_split(videos, root).items()}
 
     def _generate_examples(self, root: str, videos: list[_Video],
                            class_index: dict[str, int]) -> Iterator:
@@ -235,26 +235,26 @@ class AvsbenchObject(tfds.core.GeneratorBasedBuilder):
         for video in videos:
             paths = clip_paths(root, cfg.protocol, video.name, video.category, video.split,
                                layout.num_masks(video.split))
-            frames = [common.read_image(p) for p in paths.frames]
-            frames = common.stack_same_size(paths.frames, frames, frames[0].shape[:2])
-            masks = common.stack_same_size(paths.masks, [read_binary_mask(p) for p in paths.masks],
-                                           frames.shape[1:3])
+            frames = [release.read_image(p) for p in paths.frames]
+            frames = release.stack_same_size(paths.frames, frames, frames[0].shape[:2])
+            masks = release.stack_same_size(paths.masks, [read_binary_mask(p) for p in paths.masks],
+                                            frames.shape[1:3])
             label = class_index[video.category if cfg.protocol == 's4' else 'sounding']
             labels = (masks * label).astype(np.uint8)
             frames, labels = transforms.eval_resize(frames, labels, cfg.image_size)
             label_mask = np.arange(NUM_FRAMES) < len(paths.masks)
-            labels = common.pad_frames(labels, NUM_FRAMES)
+            labels = release.pad_frames(labels, NUM_FRAMES)
             yield video.name, {
                 'uid': video.name,
                 'subset': cfg.protocol,
                 'category': video.category or '',
                 'frames': frames,
                 'labels': labels,
-                'audio': common.read_audio(paths.audio, NUM_FRAMES * common.SAMPLE_RATE,
-                                           NUM_FRAMES),
+                'audio': release.read_audio(paths.audio, NUM_FRAMES * release.SAMPLE_RATE,
+                                            NUM_FRAMES),
                 'frame_mask': np.ones(NUM_FRAMES, bool),
                 'label_mask': label_mask,
-                'classes': common.present_classes(labels, label_mask),
+                'classes': release.present_classes(labels, label_mask),
             }
 
 
@@ -283,5 +283,5 @@ def _read_metadata(path: str, protocol: str) -> list[_Video]:
 
 
 if __name__ == '__main__':
-    common.build_from_command_line(AvsbenchObject,
-                                   'Build avsbench_object (S4 / MS3) from the official release.')
+    release.build_from_command_line(AvsbenchObject,
+                                    'Build avsbench_object (S4 / MS3) from the official release.')

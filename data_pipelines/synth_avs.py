@@ -9,7 +9,8 @@ or build directly with `SynthAVS(config='small', data_dir=DIR, file_format='arra
 .download_and_prepare()` and read with `tfds.data_source('synth_avs/small', data_dir=DIR)`.
 
 The generator lives in synth_avs_config.py (knobs, named variants), synth_avs_identities.py
-(what classes look and sound like) and synth_avs_scenes.py (clips); design/SYNTHETIC_AVS.md says
+(what classes look and sound like), synth_avs_objects.py (placed objects: shapes, textures,
+occlusion) and synth_avs_scenes.py (clips); design/SYNTHETIC_AVS.md says
 what the benchmark must exhibit. Records are stored in TFDS's hashed key order, so a record
 index is not the clip's generation index; `uid` ('<split>_<index>') names the clip.
 

@@ -28,6 +28,8 @@ import numpy as np
 
 from data_pipelines import synth_avs_identities as ids_lib
 from data_pipelines.synth_avs_config import SAMPLE_RATE, SPLITS, SynthAVSConfig
+from data_pipelines.synth_avs_objects import (SceneObject, inside_shape, local_coords,
+                                            texture_pattern, topmost)
 
 SPLIT_IDS = {'train': 1, 'test': 2}
 MIN_VISIBLE_SHARE = 0.25  # of the object's largest in-frame silhouette, in one annotated frame
@@ -39,33 +41,6 @@ RAMP_SAMPLES = SAMPLE_RATE // 50  # 20 ms on/off ramps, so gating does not click
 FULL_CONSISTENCY_SNR_DB = 10.0  # SNR at and above which a sound counts as fully audible
 ZERO_CONSISTENCY_SNR_DB = -10.0  # SNR at and below which it counts as inaudible
 _V1_MAX_FRAMES = 5  # AVSBench v1 clips have 5 frames; longer clips are 'v2'
-
-
-@dataclasses.dataclass(frozen=True)
-class SceneObject:
-    """One object of a clip. Pixel units; T = num_frames.
-
-    class_id: its class (1..K). sounding: whether it is a sound source (silent ones are
-    distractors, labelled background). radius, rotation: size (pixels) and orientation.
-    start: float [2] centre (x, y) in frame 0; velocity: float [2] pixels per frame.
-    active: bool [T], frames where it truly sounds; its pixels are labelled there.
-    emitted: bool [T], frames where its sound is in the waveform.
-    emitted_class: the class whose sound it emits (its own unless the clip is 'mismatched').
-    """
-
-    class_id: int
-    sounding: bool
-    radius: float
-    rotation: float
-    start: np.ndarray
-    velocity: np.ndarray
-    active: np.ndarray
-    emitted: np.ndarray
-    emitted_class: int
-
-    def centres(self, num_frames: int) -> np.ndarray:
-        """Centre (x, y) in each frame. float [T, 2]."""
-        return self.start[None] + np.arange(num_frames)[:, None] * self.velocity[None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,60 +100,6 @@ class ClipPlan:
                 heard = obj.emitted & (obj.emitted_class == obj.class_id)
                 scores.extend(np.where(heard[pairs], audible, 0.0))
         return float(np.mean(scores))
-
-
-# --- geometry -------------------------------------------------------------------------------
-
-def _local_coords(obj: SceneObject, num_frames: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel-centre coordinates in the object's rotated frame, in radii. float [T, H, W] each."""
-    grid = np.arange(size, dtype=np.float32) + 0.5
-    centres = obj.centres(num_frames).astype(np.float32)
-    dx = grid[None, None, :] - centres[:, 0, None, None]
-    dy = grid[None, :, None] - centres[:, 1, None, None]
-    cos, sin = math.cos(obj.rotation), math.sin(obj.rotation)
-    return (dx * cos + dy * sin) / obj.radius, (dy * cos - dx * sin) / obj.radius
-
-
-def _inside(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Whether local coordinates (in radii) fall inside the unit-radius shape. bool."""
-    if shape == 'disc':
-        return u * u + v * v <= 1.0
-    if shape == 'square':
-        return np.maximum(np.abs(u), np.abs(v)) <= 0.8
-    if shape == 'triangle':  # equilateral, inscribed in the unit circle
-        return (v >= -0.5) & (math.sqrt(3.0) * np.abs(u) + v <= 1.0)
-    if shape == 'ring':
-        r2 = u * u + v * v
-        return (r2 <= 1.0) & (r2 >= 0.55 ** 2)
-    if shape == 'cross':
-        au, av = np.abs(u), np.abs(v)
-        return ((au <= 0.3) & (av <= 1.0)) | ((av <= 0.3) & (au <= 1.0))
-    if shape == 'star':  # five rounded points
-        return np.sqrt(u * u + v * v) <= 0.55 + 0.45 * np.cos(5.0 * np.arctan2(v, u))
-    if shape == 'ellipse':
-        return u * u + (v / 0.55) ** 2 <= 1.0
-    if shape == 'bar':
-        return (np.abs(u) <= 1.0) & (np.abs(v) <= 0.32)
-    raise ValueError(f'Unknown SynthAVS shape {shape!r}; expected one of {ids_lib.SHAPES}.')
-
-
-def _texture(kind: str, u: np.ndarray, v: np.ndarray, period: float, angle: float) -> np.ndarray:
-    """Texture pattern in [-1, 1] in object coordinates (it moves with the object)."""
-    if kind == 'plain':
-        return np.zeros_like(u)
-    if kind == 'stripes':
-        return np.sin(2 * np.pi * (u * math.cos(angle) + v * math.sin(angle)) / period)
-    if kind == 'checker':
-        return np.sign(np.sin(2 * np.pi * u / period) * np.sin(2 * np.pi * v / period))
-    raise ValueError(f'Unknown SynthAVS texture {kind!r}; expected one of {ids_lib.TEXTURES}.')
-
-
-def _topmost(silhouettes: np.ndarray) -> np.ndarray:
-    """Index of the last (topmost) object covering each pixel, -1 where none. int8 [T, H, W]."""
-    top = np.full(silhouettes.shape[1:], -1, np.int8)
-    for o in range(silhouettes.shape[0]):
-        top[silhouettes[o]] = o
-    return top
 
 
 @dataclasses.dataclass(frozen=True)
@@ -300,9 +221,10 @@ class SynthAVSGenerator:
                                    start[i].copy(), velocity[i].copy(), active[i], emitted[i],
                                    emitted_class[i])
                        for i in order]
-            silhouettes = np.stack([_inside(shapes[i], *_local_coords(obj, cfg.num_frames, size))
+            silhouettes = np.stack([inside_shape(shapes[i],
+                                                 *local_coords(obj, cfg.num_frames, size))
                                     for i, obj in zip(order, objects)])
-            return objects, silhouettes, _topmost(silhouettes)
+            return objects, silhouettes, topmost(silhouettes)
 
         for attempt in range(PLACEMENT_ATTEMPTS + 1):
             radius = rng.uniform(*cfg.object_radius_range, n) * size
@@ -370,8 +292,8 @@ class SynthAVSGenerator:
         ident = self.identities
         for o, obj in enumerate(plan.objects):
             c = obj.class_id
-            u, v = _local_coords(obj, num_frames, size)
-            shade = 1.0 + ident.texture_contrast[c] * _texture(
+            u, v = local_coords(obj, num_frames, size)
+            shade = 1.0 + ident.texture_contrast[c] * texture_pattern(
                 ids_lib.TEXTURES[ident.texture[c]], u, v, ident.texture_period[c],
                 ident.texture_angle[c])
             colour = ids_lib.class_rgb(ident, c) * rng.uniform(0.95, 1.05)  # illumination

@@ -28,7 +28,8 @@ import soundfile
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from data_pipelines import avsbench_layout, avsbench_object, avsbench_semantic, synth_avs
+from data_pipelines import (avsbench_layout, avsbench_object, avsbench_release,
+                            avsbench_semantic, synth_avs)
 from jax_cavs.data import avsbench_classes, sources, transforms
 from jax_cavs.problems.cavs import scenarios
 
@@ -95,7 +96,7 @@ def _video(written, subset, split):
 
 
 def test_palette_is_the_pascal_voc_colormap():
-    palette = avsbench_semantic.voc_palette(71)
+    palette = avsbench_release.voc_palette(71)
     known = {0: (0, 0, 0), 1: (128, 0, 0), 2: (0, 128, 0), 3: (128, 128, 0), 4: (0, 0, 128),
              7: (128, 128, 128), 8: (64, 0, 0), 15: (192, 128, 128), 20: (0, 64, 128)}
     for index, colour in known.items():
@@ -156,7 +157,7 @@ def test_writer_refuses_clips_that_break_avsbench_conventions(tmp_path):
 
 def test_every_video_decodes_to_what_was_written(written, built):
     root, clips = written
-    palette = avsbench_semantic.voc_palette(TINY.num_classes + 1)
+    palette = avsbench_release.voc_palette(TINY.num_classes + 1)
     for split in ('train', 'val', 'test'):
         records = _records_by_uid(built, split)
         assert set(records) == {uid for uid, c in clips.items() if c.split == split}
@@ -203,7 +204,7 @@ def test_split_geometry_and_resampling(written, tmp_path):
     """Non-square videos: train = short-edge resize + centre crop, val/test = plain resize
     (spec §2.4); a 44.1 kHz stereo wav becomes the 16 kHz channel mean."""
     root = _broken_copy(written, tmp_path)
-    palette = avsbench_semantic.voc_palette(TINY.num_classes + 1)
+    palette = avsbench_release.voc_palette(TINY.num_classes + 1)
     expected = {}
     for split in ('train', 'val'):
         folder, clip = _video((root, written[1]), 'v2', split)
@@ -216,7 +217,7 @@ def test_split_geometry_and_resampling(written, tmp_path):
         frames = np.stack([np.asarray(Image.open(os.path.join(folder, 'frames', f'{i}.jpg')))
                            for i in range(10)])
         labels = np.stack([
-            avsbench_semantic.colours_to_labels(
+            avsbench_release.colours_to_labels(
                 np.asarray(Image.open(os.path.join(folder, 'labels_rgb', f'{i}.png'))), palette,
                 'mask') for i in range(10)])
         geometry = transforms.train_resize_crop if split == 'train' else transforms.eval_resize
@@ -328,7 +329,7 @@ def test_load_dataset_reads_the_default_manual_directory(written, tmp_path):
 def test_command_line_build_of_a_registered_config(written, tmp_path):
     """``python -m data_pipelines.avsbench_semantic --manual_dir M --data_dir D --config res64``
     stores the frames at 64x64 (upsampled from the 32x32 tree, val/test by a plain resize)."""
-    avsbench_semantic.build_from_command_line(
+    avsbench_release.build_from_command_line(
         avsbench_semantic.AvsbenchSemantic, 'test',
         ['--manual_dir', str(written[0]), '--data_dir', str(tmp_path), '--config', 'res64'])
     source = tfds.data_source('avsbench_semantic/res64', data_dir=str(tmp_path), split='test')
