@@ -148,30 +148,50 @@ def test_parallel_primitives_across_two_processes(tmp_path):
     assert (tmp_path / "order.txt").read_text() == "0\n1\n"
 
 
-@pytest.mark.slow
-def test_two_local_processes_match_one(tmp_path, tiny_data_dir):
-    """``launch/local_multiprocess.sh 2``: two processes with one CPU device each share the
-    training and evaluation through jax.distributed and write one metrics.json, equal to the
-    single-process run's within the tolerance of tests/test_parallel.py (the same float32
-    reduction-order argument: the global batches hold the same clips, in another order)."""
-    config = RUNLOCAL
-    single = start_main(tmp_path / "single", tiny_data_dir, 1, *RUN_FLAGS, config=config)
-    workdir = tmp_path / "two"
-    with open(tmp_path / "two.log", "w") as log:
-        launcher = subprocess.Popen(  # its own process group: a timeout stops its children too
+def start_two(workdir, data_dir, *flags: str, config: str = RUNLOCAL) -> subprocess.Popen:
+    """``launch/local_multiprocess.sh 2``: two processes with one CPU device each (its own
+    process group: a timeout stops its children too); output to ``<workdir>.log``."""
+    with open(f"{workdir}.log", "w") as log:
+        return subprocess.Popen(
             ["bash", "launch/local_multiprocess.sh", "2", config, str(workdir),
-             f"--config.dataset.data_dir={tiny_data_dir}", *RUN_FLAGS],
+             f"--config.dataset.data_dir={data_dir}", *flags],
             cwd=REPO, env={**subprocess_env(1), "PYTHON": sys.executable},
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def run_both(tmp_path, name: str, data_dir: str, *flags: str, config: str = RUNLOCAL):
+    """The single-process and the two-process run of ``config``, concurrently; their
+    workdirs."""
+    single_dir, two_dir = tmp_path / f"{name}_single", tmp_path / f"{name}_two"
+    single = start_main(single_dir, data_dir, 1, *flags, config=config)
+    launcher = start_two(two_dir, data_dir, *flags, config=config)
     try:
-        finish(launcher, str(tmp_path / "two.log"))
-        finish(single, str(tmp_path / "single.log"))
+        finish(launcher, f"{two_dir}.log")
+        finish(single, f"{single_dir}.log")
     finally:
         if launcher.poll() is None:
             os.killpg(launcher.pid, signal.SIGKILL)
         if single.poll() is None:
             single.kill()
-    with open(tmp_path / "two.log") as f:
+    return single_dir, two_dir
+
+
+@pytest.mark.slow
+def test_two_local_processes_match_one(tmp_path, tiny_data_dir):
+    """Two processes with one CPU device each share the training and evaluation through
+    jax.distributed and write one metrics.json, equal to the single-process run's within the
+    tolerance of tests/test_parallel.py (the same float32 reduction-order argument: the global
+    batches hold the same clips, in another order).
+
+    The replay memory selected from one model (the first task, trained once and reused by
+    both runs: ``first_task_from``) is exactly the single-process run's, for herding and for
+    CMR's MSS (f^v = the learner with zero audio): every process selects from the whole task,
+    gathered in batch order, and ties within float32 rounding go to the earlier record
+    (``core.hostpass``, ``cl.selection``, ``mss.rank``). Memories of later tasks are not
+    compared: the learners the two runs train differ in their last bits, which can move a
+    pick; so does a CMR twin, which each run trains itself."""
+    single_dir, workdir = run_both(tmp_path, "finetune", tiny_data_dir, *RUN_FLAGS)
+    with open(f"{workdir}.log") as f:
         primary = f.read()
     with open(workdir / "logs" / "process_1.log") as f:
         secondary = f.read()
@@ -179,5 +199,23 @@ def test_two_local_processes_match_one(tmp_path, tiny_data_dir):
     assert "jax.distributed: process 1 of 2, 1 of 2 devices" in secondary
     assert "Results in" in primary and "Results in" not in secondary  # process 0 reports
     assert os.listdir(workdir / "checkpoints")
-    assert_metrics_close(load_metrics(tmp_path / "single"), load_metrics(workdir),
-                         atol=METRICS_ATOL)
+    assert_metrics_close(load_metrics(single_dir), load_metrics(workdir), atol=METRICS_ATOL)
+
+    for name, config, memory_file in (
+            ("herding", "configs/replay.py:runlocal,selection=herding", "replay_0.json"),
+            ("mss", "configs/cmr.py:runlocal", "task_0.json")):
+        flags = (*RUN_FLAGS, f"--config.first_task_from={single_dir}",
+                 *(["--config.strategy.visual_model=zero_audio"] if name == "mss" else []))
+        one, two = run_both(tmp_path, name, tiny_data_dir, *flags, config=config)
+        records = []
+        for run in (one, two):
+            with open(run / "memory" / memory_file) as f:
+                records.append(memory_ids(json.load(f)))
+        assert records[0] and records[1] == records[0], name
+
+
+def memory_ids(record: dict) -> dict:
+    """The videos a memory record keeps per class (replay: the ids; CMR's MSS: the selected
+    ids, without their float scores)."""
+    return {c: value if isinstance(value, list) else [v["id"] for v in value["selected"]]
+            for c, value in record["classes"].items()}
