@@ -270,7 +270,7 @@ class SelectionTest(absltest.TestCase):
 
     def test_rules_rank_by_their_key_with_ties_by_id(self):
         scores = _scores(self.DEV, self.PRESENCE, ids=[40, 41, 42, 43, 44, 45])
-        pick = lambda rule: mss.select(scores, [1], 3, rule, None)[1].tolist()
+        pick = lambda rule: mss.select(rule, scores, [1], 3, None)[1].tolist()
         self.assertEqual(pick("mss"), [2, 4, 0])        # |Δ| 0.02, 0.05, 0.10 (id 40 < 45)
         self.assertEqual(pick("smallest"), [1, 5, 4])   # Δ -0.30, -0.10, -0.05
         self.assertEqual(pick("largest"), [3, 0, 2])    # Δ 0.25, 0.10, 0.02
@@ -282,13 +282,13 @@ class SelectionTest(absltest.TestCase):
             dev = list(self.DEV)
             dev[5] = -(0.10 - delta)
             scores = _scores(dev, self.PRESENCE, ids=[40, 41, 42, 43, 44, 45])
-            self.assertEqual(mss.select(scores, [1], 4, "mss", None)[1].tolist()[2], first)
+            self.assertEqual(mss.select("mss", scores, [1], 4, None)[1].tolist()[2], first)
 
     def test_random_is_seeded_distinct_and_within_the_class(self):
         presence = self.PRESENCE + [[0, 0, 1]] * 2
         scores = _scores(self.DEV + [0.0, 0.0], presence)
-        first = mss.select(scores, [1, 2], 4, "random", np.random.default_rng(3))
-        again = mss.select(scores, [1, 2], 4, "random", np.random.default_rng(3))
+        first = mss.select("random", scores, [1, 2], 4, np.random.default_rng(3))
+        again = mss.select("random", scores, [1, 2], 4, np.random.default_rng(3))
         np.testing.assert_array_equal(first[1], again[1])
         self.assertEqual(len(set(first[1].tolist())), 4)
         self.assertTrue(set(first[1].tolist()) <= set(range(6)))
@@ -296,7 +296,7 @@ class SelectionTest(absltest.TestCase):
 
     def test_invalid_rule_names_the_config_field(self):
         with self.assertRaisesRegex(ValueError, "strategy.selection"):
-            mss.select(_scores(self.DEV, self.PRESENCE), [1], 3, "best", None)
+            mss.select("best", _scores(self.DEV, self.PRESENCE), [1], 3, None)
 
     def test_multi_class_video_is_stored_once_with_all_tags(self):
         # Video 7 (position 1) holds classes 3 and 4 and has the smallest |Δ| for both.
@@ -304,7 +304,7 @@ class SelectionTest(absltest.TestCase):
         presence[[0, 1], 3] = True
         presence[[1, 2, 3], 4] = True
         scores = _scores([0.2, 0.01, -0.3, 0.4], presence, ids=[5, 7, 9, 11])
-        selection = mss.select(scores, [3, 4], 2, "mss", None)
+        selection = mss.select("mss", scores, [3, 4], 2, None)
         self.assertEqual(selection[3].tolist(), [1, 0])
         self.assertEqual(selection[4].tolist(), [1, 2])
         memory = mss.add_to_memory(ReplayMemory.empty(10, 6), scores, selection)
@@ -377,7 +377,7 @@ def test_mss_selects_fewer_low_consistency_clips_than_random(plans):
     assert 0.1 < low.mean() < 0.3  # low_consistency_share = 0.2 of the train clips
 
     def low_share(rule, rng=None):
-        chosen = mss.select(scores, range(1, K), 5, rule, rng)
+        chosen = mss.select(rule, scores, range(1, K), 5, rng)
         return low[np.unique(np.concatenate(list(chosen.values())))].mean()
 
     random_share = np.mean([low_share("random", np.random.default_rng(s)) for s in range(40)])

@@ -164,15 +164,16 @@ def rank(scores: VideoScores, candidates: np.ndarray, rule: str) -> np.ndarray:
     return candidates[np.lexsort((scores.ids[candidates], key))]
 
 
-def select(scores: VideoScores, classes: Iterable[int], k: int, rule: str,
-           rng: np.random.Generator) -> dict[int, np.ndarray]:
-    """For every class c: positions of the (at most) k videos of D_t^c chosen by ``rule``.
+def select(rule: str, scores: VideoScores, classes: Iterable[int], per_class: int,
+           rng: np.random.Generator | None = None) -> dict[int, np.ndarray]:
+    """For every class c: positions of the (at most) ``per_class`` videos of D_t^c chosen by
+    ``rule`` (the argument order of ``cl.selection.select``, whose rules return record ids).
 
     Args:
+      rule: one of ``SELECTION_RULES``.
       scores: the task's ``VideoScores``.
       classes: the task's new classes, processed in ascending order (the random draws too).
-      k: videos per class (fewer when D_t^c is smaller).
-      rule: one of ``SELECTION_RULES``.
+      per_class: k, videos per class (fewer when D_t^c is smaller).
       rng: seeded host generator (used by ``"random"`` only).
 
     Returns:
@@ -181,16 +182,16 @@ def select(scores: VideoScores, classes: Iterable[int], k: int, rule: str,
     if rule not in SELECTION_RULES:
         raise ValueError(f"config field strategy.selection={rule!r} is not one of "
                          f"{SELECTION_RULES}.")
-    if k < 1:
-        raise ValueError(f"config field strategy.memory_per_class={k} must be >= 1.")
+    if per_class < 1:
+        raise ValueError(f"config field strategy.memory_per_class={per_class} must be >= 1.")
     chosen = {}
     for c in sorted(int(c) for c in classes):
         candidates = np.flatnonzero(scores.presence[:, c])
         candidates = candidates[np.argsort(scores.ids[candidates], kind="stable")]
         if rule == "random":
-            chosen[c] = rng.choice(candidates, size=min(k, candidates.size), replace=False)
+            chosen[c] = rng.choice(candidates, size=min(per_class, candidates.size), replace=False)
         else:
-            chosen[c] = rank(scores, candidates, rule)[:k]
+            chosen[c] = rank(scores, candidates, rule)[:per_class]
         chosen[c] = np.asarray(chosen[c], np.int64)
     return chosen
 

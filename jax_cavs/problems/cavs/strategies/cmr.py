@@ -228,7 +228,7 @@ class CMR(PLOP):
         scores = mss.score_videos(
             ctx.problem, (state.params, state.batch_stats), visual, classes, ctx.batches(ctx.train_indices, labels="current"), ctx.device_batch,
             self.score_convention)
-        selection = mss.select(scores, ctx.task.classes, self.memory_per_class, self.selection,
+        selection = mss.select(self.selection, scores, ctx.task.classes, self.memory_per_class,
                                _stream(ctx, _MSS_STREAM))
         memory = mss.add_to_memory(state.memory, scores, selection)
         write_record(ctx, f"task_{ctx.task.index}.json", mss.selection_record(
