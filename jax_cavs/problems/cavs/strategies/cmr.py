@@ -226,7 +226,8 @@ class CMR(PLOP):
         classes = np.asarray(ctx.task.seen if self.score_classes == "seen"
                              else ctx.task.current | (np.arange(ctx.task.current.size) == 0))
         scores = mss.score_videos(
-            ctx.problem, (state.params, state.batch_stats), visual, classes, ctx.batches(ctx.train_indices, labels="current"), ctx.device_batch,
+            ctx.problem, (state.params, state.batch_stats), visual, classes,
+            ctx.batches(ctx.train_indices, labels="current"), ctx.device_batch,
             self.score_convention)
         selection = mss.select(self.selection, scores, ctx.task.classes, self.memory_per_class,
                                _stream(ctx, _MSS_STREAM))
