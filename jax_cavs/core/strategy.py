@@ -6,7 +6,7 @@ The experiment loop is the same for every method and calls, per task::
     state = strategy.begin_task(state, task)          # masks, teacher snapshot, head init
     state = strategy.prepare_task(state, ctx)         # passes over the task data (PLOP, CSR)
     replay = strategy.replay_ids(state, ctx)          # memory videos mixed into the stream
-    for batch in stream:                              # one jit'd step built by ``train``
+    for batch in stream:                              # one jit'd step (``core.steps``)
         loss, terms = strategy.loss(state, batch, student, teacher, rng)
         loss += strategy.penalty(params, state)
         ... optimiser ...
@@ -59,17 +59,17 @@ class TaskContext:
       device_batch: host batch -> global device arrays laid out on the mesh.
       forward: jit'd eval-mode forward ``(params, batch_stats, host batch) -> Outputs``,
         replicated on every device (``np.asarray`` works on every process).
-
-    Multi-process rules for strategies: read results of your own jit'd passes with
-    ``parallel.to_host`` (on every process), keep host-side choices deterministic (``rng``),
-    write files only on ``distributed.is_primary()``, and never run a computation on global
-    arrays inside a process-0-only block.
       problem: the run's ``core.problem.Problem``, for strategies that jit their own passes
         (gradients for EWC or MAS): ``ctx.problem.apply(variables, batch, train=False)``.
-      aux: name -> the trained auxiliary model (a ``ContinualState``) of every
-        ``AuxModel`` the strategy declared for this task; filled before ``end_task``.
       workdir: run directory, for artefacts such as ``memory/task_<t>.json``.
       rng: a host-side ``np.random.Generator`` seeded from the config and the task.
+      aux: name -> the trained auxiliary model (a ``ContinualState``) of every
+        ``AuxModel`` the strategy declared for this task; filled before ``end_task``.
+
+    Multi-process rules for strategies: run passes with ``core.hostpass`` (on every process;
+    results in batch order), keep host-side choices deterministic (``rng``, ties to the
+    earlier record), write files only on ``distributed.is_primary()``, and never run a
+    computation on global arrays inside a process-0-only block.
     """
 
     task: TaskInfo
