@@ -39,13 +39,15 @@ def main() -> None:
     import jax.numpy as jnp
     import numpy as np
 
-    from jax_cavs.problems.cavs import config as config_base
-    from jax_cavs.core import parallel
-    from jax_cavs.problems.cavs import strategies
+    import ml_collections
+
+    from jax_cavs.core import optim, parallel
     from jax_cavs.core import steps as train_lib
-    from jax_cavs.core.loop import build_optimizer, model_config
-    from jax_cavs.problems.cavs.model import build_model
     from jax_cavs.core.state import create_state
+    from jax_cavs.problems.cavs import config as config_base
+    from jax_cavs.problems.cavs import strategies
+    from jax_cavs.problems.cavs.model import build_model
+    from jax_cavs.problems.cavs.problem import CAVSProblem
 
     def make_batch(clips, frames, size, num_classes, rng):
         return {
@@ -70,21 +72,24 @@ def main() -> None:
 
     def bench(name, model_cfg, num_classes, size, frames, clips):
         config = config_base.base_config("finetune", config_base.parse_arg(None))
-        model = build_model(model_config(model_cfg, num_classes))
-        strategy = strategies.get_strategy("finetune")
+        problem = CAVSProblem(build_model(ml_collections.ConfigDict(
+            {**model_cfg.to_dict(), "num_classes": num_classes})))
+        model = problem.model
+        strategy = strategies.get_strategy("finetune", problem=problem)
         mesh = parallel.make_mesh(config.parallel)
         clips = -(-clips // jax.device_count()) * jax.device_count()  # splits over the devices
         batch = make_batch(clips, frames, size, num_classes, np.random.default_rng(0))
         dummy = (jnp.zeros((1, frames, size, size, 3)), jnp.zeros((1, frames, 96, 64)),
                  jnp.ones((1, frames)))
         variables = jax.jit(lambda r: model.init(r, *dummy, train=False))(jax.random.key(0))
-        state = create_state(variables, build_optimizer(config.optimizer), num_classes, 0,
-                             False, {})
+        tx = optim.build_optimizer(config.optimizer, problem.param_roles()["frozen"])
+        state = create_state(variables, tx, num_classes, 0, False, {})
         state = state.replace(seen=jnp.ones((num_classes,), bool))
         state = parallel.shard_state(state, mesh)
-        step = parallel.jit_train_step(train_lib.make_train_step(model, strategy), mesh, state)
-        evaluate = parallel.jit_eval_step(train_lib.make_eval_step(model, num_classes), mesh,
-                                          state)
+        step = parallel.jit_train_step(train_lib.make_train_step(problem, strategy), mesh,
+                                       state)
+        evaluate = parallel.jit_eval_step(train_lib.make_eval_step(problem), mesh, state)
+        stats = jax.device_put(problem.evaluator.init(), parallel.replicated(mesh))
         device_batch = parallel.shard_batch(batch, mesh)
         rng = jax.random.key(0)
         holder = {"state": state}
@@ -96,7 +101,7 @@ def main() -> None:
         step_s = timed(train_once, args.steps)
         seen = jnp.ones((num_classes,), bool)
         eval_s = timed(lambda: evaluate(holder["state"].params, holder["state"].batch_stats,
-                                        seen, device_batch), args.steps)
+                                        seen, device_batch, stats), args.steps)
         n_frames = clips * frames
         params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
         print(f"{name}: {params / 1e6:.2f}M params, {clips} clips x {frames} frames "
