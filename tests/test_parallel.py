@@ -403,3 +403,19 @@ def test_runlocal_on_8_devices_matches_one_device(runlocal_runs):
     """
     assert_metrics_close(load_metrics(runlocal_runs[1]), load_metrics(runlocal_runs[8]),
                          atol=METRICS_ATOL)
+
+
+def test_batches_round_up_to_the_device_count_for_runlocal(capsys):
+    """``train.batch_to_devices`` (runlocal's setting): runlocal's batch of 2 becomes 8 on 8
+    devices, its eval batch of 8 stays; config.json's sizes are the caller's (a copy)."""
+    from jax_cavs.problems.cavs import config as config_base  # pylint: disable=import-outside-toplevel
+
+    config = config_base.base_config("finetune", config_base.parse_arg("runlocal"))
+    assert config.train.batch_to_devices and config.train.batch_size == 2
+    rounded = parallel.batches_to_devices(config, 8)
+    assert (rounded.train.batch_size, rounded.train.eval_batch_size) == (8, 8)
+    assert parallel.batches_to_devices(config, 3).train.eval_batch_size == 9
+    assert config.train.batch_size == 2
+    assert "train.batch_size 2 -> 8" in capsys.readouterr().err
+    assert not config_base.base_config("finetune", config_base.parse_arg(None)
+                                       ).train.batch_to_devices
