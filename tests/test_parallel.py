@@ -408,7 +408,7 @@ def test_runlocal_on_8_devices_matches_one_device(runlocal_runs):
 def test_batches_round_up_to_the_device_count_for_runlocal(capsys):
     """``train.batch_to_devices`` (runlocal's setting): runlocal's batch of 2 becomes 8 on 8
     devices, its eval batch of 8 stays; config.json's sizes are the caller's (a copy)."""
-    from jax_cavs.problems.cavs import config as config_base  # pylint: disable=import-outside-toplevel
+    from jax_cavs.problems.cavs import config as config_base
 
     config = config_base.base_config("finetune", config_base.parse_arg("runlocal"))
     assert config.train.batch_to_devices and config.train.batch_size == 2
