@@ -6,13 +6,19 @@
 layers nor anything above; ``core`` knows no problem and no method; ``cl`` (problem-agnostic
 methods) knows only the core; a problem may use everything below it but no other problem.
 Every ``import``/``from ... import`` statement of every module is read with ``ast`` (function
-bodies included), so a lazy import inside a function counts too.
+bodies included), so a lazy import inside a function counts too. The files are parsed in a
+fresh interpreter: CPython 3.11's ``ast.parse`` can fail with "AST constructor recursion depth
+mismatch" while other threads run in the same process (orbax's, left by earlier tests in a
+pytest worker).
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -57,18 +63,18 @@ def imports_of(path: str, module: str) -> list[tuple[int, str]]:
     return [(line, name) for line, name in found if name.split(".")[0] == "jax_cavs"]
 
 
-def all_modules():
-    for root, _, files in os.walk(PACKAGE):
+def all_modules(package: str):
+    for root, _, files in os.walk(package):
         for name in sorted(files):
             if name.endswith(".py"):
                 path = os.path.join(root, name)
-                rel = os.path.relpath(path, os.path.dirname(PACKAGE))[:-3].replace(os.sep, ".")
+                rel = os.path.relpath(path, os.path.dirname(package))[:-3].replace(os.sep, ".")
                 yield path, rel[:-len(".__init__")] if rel.endswith(".__init__") else rel
 
 
-def upward_imports() -> list[str]:
+def upward_imports(package: str) -> list[str]:
     bad = []
-    for path, module in all_modules():
+    for path, module in all_modules(package):
         layer, problem = layer_of(module)
         for line, target in imports_of(path, module):
             target_layer, target_problem = layer_of(target)
@@ -81,8 +87,16 @@ def upward_imports() -> list[str]:
     return bad
 
 
+def upward_imports_in_a_fresh_interpreter(package: str) -> list[str]:
+    code = (f"import json, sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); "
+            f"import test_layering as t; print(json.dumps(t.upward_imports({package!r})))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    return json.loads(result.stdout)
+
+
 def test_imports_point_down_only():
-    bad = upward_imports()
+    bad = upward_imports_in_a_fresh_interpreter(PACKAGE)
     assert not bad, "imports that point up the layering:\n  " + "\n  ".join(bad)
 
 
@@ -94,13 +108,8 @@ def test_the_walker_sees_an_upward_import(tmp_path):
     (core / "__init__.py").write_text("")
     (core / "bad.py").write_text("def f():\n    from jax_cavs.problems.cavs import model\n")
     (core / "good.py").write_text("from jax_cavs.core import bad\nfrom . import bad as b\n")
-    global PACKAGE
-    saved, PACKAGE = PACKAGE, str(tmp_path / "jax_cavs")
-    try:
-        assert upward_imports() == ["jax_cavs.core.bad:2 (core) imports "
-                                    "jax_cavs.problems.cavs (problems)"]
-    finally:
-        PACKAGE = saved
+    assert upward_imports_in_a_fresh_interpreter(str(tmp_path / "jax_cavs")) == [
+        "jax_cavs.core.bad:2 (core) imports jax_cavs.problems.cavs (problems)"]
 
 
 @pytest.mark.parametrize("module,layer", [("jax_cavs.core.loop", "core"),
