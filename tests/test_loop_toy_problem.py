@@ -4,6 +4,7 @@ the eval points and the summary it writes equal the values derived by hand below
 
 from __future__ import annotations
 
+import importlib
 import json
 import types
 
@@ -13,10 +14,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jax_cavs.cl import strategies  # noqa: F401 (registers finetune)
 from jax_cavs.core import loop
 from jax_cavs.core.problem import Outputs
 from jax_cavs.core.scenario import Scenario, TaskSpec
+
+importlib.import_module("jax_cavs.cl.strategies")  # registers finetune
 
 # 6 test records of classes 0..2 (K = 3, two tasks: {0, 1} then {2}). The "model" outputs
 # fixed logits per record (its one parameter contributes 0), so every score is known:
