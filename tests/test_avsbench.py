@@ -1,4 +1,6 @@
-"""AVSBench builders end to end on release trees written from SynthAVS (data_pipelines/avsbench_*).
+"""The AVSBench-semantic builder end to end on release trees written from SynthAVS
+(data_pipelines/avsbench_*); the AVSBench-object builder (S4, MS3) is tested in
+test_avsbench_object.py with this module's helpers.
 
 The known answers are the SynthAVS clips the writer put on disk: every decoded frame, mask,
 audio waveform, mask flag and split of the built dataset is compared with them.
@@ -28,8 +30,8 @@ import soundfile
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from data_pipelines import (avsbench_layout, avsbench_object, avsbench_release,
-                            avsbench_semantic, synth_avs)
+from data_pipelines import (avsbench_layout, avsbench_release, avsbench_semantic,
+                            synth_avs)
 from jax_cavs.data import avsbench_classes, sources, transforms
 from jax_cavs.problems.cavs import scenarios
 
@@ -306,6 +308,27 @@ def test_undecodable_image_is_named(written, tmp_path):
     _expect_error(root, tmp_path, ValueError, path)
 
 
+def test_truncated_wav_is_named(written, tmp_path):
+    """A wav cut short (an interrupted copy): too little audio for the video's frames."""
+    root = _broken_copy(written, tmp_path)
+    folder, _ = _video((root, written[1]), 'v2', 'train')
+    path = os.path.join(folder, 'audio.wav')
+    with open(path, 'rb') as f:
+        data = f.read()
+    with open(path, 'wb') as f:
+        f.write(data[:len(data) // 3])
+    _expect_error(root, tmp_path, ValueError, path)
+
+
+def test_frame_and_mask_size_mismatch_is_named(written, tmp_path):
+    root = _broken_copy(written, tmp_path)
+    folder, _ = _video((root, written[1]), 'v1m', 'train')
+    path = os.path.join(folder, 'labels_rgb', '1.png')
+    mask = np.asarray(Image.open(path))
+    Image.fromarray(np.ascontiguousarray(mask[:-2])).save(path)
+    _expect_error(root, tmp_path, ValueError, path)
+
+
 def test_missing_release_names_the_manual_directory(tmp_path):
     _expect_error(tmp_path / 'nowhere', tmp_path, FileNotFoundError, tmp_path / 'nowhere')
 
@@ -341,82 +364,3 @@ def test_command_line_build_of_a_registered_config(written, tmp_path):
     # does not grow; + 1 for the rounding of both resized images.
     assert np.abs(record['frames'][:1].astype(int) - want).max() <= JPEG_MAX_ERROR + 1
 
-
-# ------------------------------------------------------------------------------------------------
-# AVSBench-object (S4, MS3).
-
-
-OBJECT_SYNTH = {
-    's4': dataclasses.replace(TINY, name='s4_layout', train_clips_per_class=2,
-                              test_clips_per_class=1, multi_source_share=0.0,
-                              first_frame_only_share=1.0),
-    'ms3': dataclasses.replace(TINY, name='ms3_layout', train_clips_per_class=2,
-                               test_clips_per_class=1, multi_source_share=1.0),
-}
-
-
-@pytest.mark.parametrize('protocol', ['s4', 'ms3'])
-def test_object_builder_decodes_what_was_written(tmp_path, protocol):
-    clips = avsbench_layout.synth_avs_object_clips(OBJECT_SYNTH[protocol], protocol,
-                                                   val_clips=2)
-    assert {c.split for c in clips} == {'train', 'val', 'test'}
-    root = tmp_path / 'avsbench_data'
-    avsbench_layout.write_object_release(str(root), protocol, clips)
-    config = avsbench_object.AvsbenchObjectConfig(name=f'{protocol}32', protocol=protocol,
-                                                  image_size=SIZE)
-    built = _build(avsbench_object.AvsbenchObject, config, root, tmp_path / 'tfds')
-    class_names = built.info.metadata['class_names']
-    if protocol == 's4':
-        assert class_names == ['background'] + sorted({c.category for c in clips})
-    else:
-        assert class_names == ['background', 'sounding']
-    for split in ('train', 'val', 'test'):
-        records = _records_by_uid(built, split)
-        assert set(records) == {c.name for c in clips if c.split == split}
-        for clip in (c for c in clips if c.split == split):
-            record = records[clip.name]
-            annotated = 1 if (protocol, split) == ('s4', 'train') else 5
-            assert len(clip.masks) == annotated
-            np.testing.assert_array_equal(record['frames'], clip.frames)  # PNG: lossless
-            label = class_names.index(clip.category) if protocol == 's4' else 1
-            np.testing.assert_array_equal(record['labels'][:annotated], clip.masks * label)
-            assert not record['labels'][annotated:].any()
-            np.testing.assert_array_equal(record['label_mask'], np.arange(5) < annotated)
-            assert record['frame_mask'].all()
-            np.testing.assert_array_equal(record['audio'], clip.audio)
-            assert _text(record['category']) == (clip.category or '')
-
-
-def test_object_mask_that_is_not_binary_is_named(tmp_path):
-    clips = avsbench_layout.synth_avs_object_clips(OBJECT_SYNTH['s4'], 's4', val_clips=2)
-    root = tmp_path / 'avsbench_data'
-    avsbench_layout.write_object_release(str(root), 's4', clips)
-    clip = next(c for c in clips if c.split == 'test')
-    path = avsbench_object.clip_paths(str(root), 's4', clip.name, clip.category, 'test', 5).masks[3]
-    mask = np.asarray(Image.open(path)).copy()
-    mask[0, 0] = 128
-    Image.fromarray(mask).save(path)
-    config = avsbench_object.AvsbenchObjectConfig(name='s4_32', protocol='s4', image_size=SIZE)
-    with pytest.raises(ValueError, match=re.escape(path) + r'.*\[128\]'):
-        _build(avsbench_object.AvsbenchObject, config, root, tmp_path / 'tfds')
-
-
-def test_truncated_wav_is_named(written, tmp_path):
-    """A wav cut short (an interrupted copy): too little audio for the video's frames."""
-    root = _broken_copy(written, tmp_path)
-    folder, _ = _video((root, written[1]), 'v2', 'train')
-    path = os.path.join(folder, 'audio.wav')
-    with open(path, 'rb') as f:
-        data = f.read()
-    with open(path, 'wb') as f:
-        f.write(data[:len(data) // 3])
-    _expect_error(root, tmp_path, ValueError, path)
-
-
-def test_frame_and_mask_size_mismatch_is_named(written, tmp_path):
-    root = _broken_copy(written, tmp_path)
-    folder, _ = _video((root, written[1]), 'v1m', 'train')
-    path = os.path.join(folder, 'labels_rgb', '1.png')
-    mask = np.asarray(Image.open(path))
-    Image.fromarray(np.ascontiguousarray(mask[:-2])).save(path)
-    _expect_error(root, tmp_path, ValueError, path)

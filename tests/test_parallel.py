@@ -1,4 +1,6 @@
-"""Tests of sharded execution (jax_cavs/parallel.py) and the accelerator options of the model.
+"""Tests of sharded execution (jax_cavs/parallel.py) on 8 simulated devices, and the helpers
+and fixtures that test_parallel_sharding.py, test_parallel_precision.py and test_multiprocess.py
+import from here.
 
 The 8-device checks run in subprocesses with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (the flag only acts before JAX
@@ -11,6 +13,9 @@ changes. Summing n terms in a different order changes the result by about sqrt(n
 in practice (eps = 2^-23 ≈ 1.2e-7, the worst case is n·eps); the largest reductions here have
 n = 8 clips x 5 frames x 32 x 32 pixels = 40960 terms, so sqrt(n)·eps ≈ 2.4e-5, hence
 rtol = 1e-4 (4x the estimate) on a train step's results.
+
+The sharding rules that need no devices are tested in test_parallel_sharding.py, the model's
+accelerator options (mixed precision, rematerialisation) in test_parallel_precision.py.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from jax.sharding import AbstractMesh, Mesh, PartitionSpec as P
+from jax.sharding import Mesh, PartitionSpec as P
 
 from jax_cavs.problems.cavs import config as config_base
 from jax_cavs.core import parallel
@@ -35,7 +40,6 @@ from jax_cavs.core import steps as train_lib
 from jax_cavs.core.optim import build_optimizer
 from jax_cavs.problems.cavs.model import build_model
 from jax_cavs.problems.cavs.problem import CAVSProblem
-from jax_cavs.models.backbones.resnet import ResNet
 from jax_cavs.core.state import create_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -243,123 +247,6 @@ def runlocal_runs(tmp_path_factory, tiny_data_dir):
         stop(*runs.values())
 
 
-# -- sharding rules (no devices needed) ----------------------------------------------------------
-
-@pytest.mark.parametrize("shape, fsdp, min_size, expected", [
-    ((3, 3, 64, 128), 4, 1, P(None, None, None, "fsdp")),  # largest axis divisible by 4
-    ((4096, 6), 4, 1, P("fsdp")),
-    ((6, 10), 4, 1, P()),                                   # no axis divisible by 4
-    ((7, 12), 4, 1, P(None, "fsdp")),                       # the divisible one, not the first
-    ((3, 3, 64, 128), 4, 2 ** 17, P()),                     # 73728 elements: too small
-    ((3, 3, 64, 128), 1, 1, P()),                           # no fsdp axis
-    ((), 4, 0, P()),                                        # scalars
-])
-def test_fsdp_spec(shape, fsdp, min_size, expected):
-    assert parallel.fsdp_spec(shape, fsdp, min_size) == expected
-
-
-def test_teacher_anchor_importance_and_moments_follow_params():
-    """With fsdp = 4 every tree with the params' structure gets the params' layout, leaf for
-    leaf; scalars, class masks and the replay memory stay replicated."""
-    cfg = runlocal_config()
-    model = build_model(model_config(cfg.model, NUM_CLASSES))
-    dummy = (jnp.zeros((1, T, SIZE, SIZE, 3)), jnp.zeros((1, T, 96, 64)), jnp.ones((1, T)))
-    state = jax.eval_shape(lambda: create_state(
-        model.init(jax.random.key(0), *dummy, train=False), build_optimizer(cfg.optimizer),
-        NUM_CLASSES, 16, True, {}))
-    mesh = AbstractMesh((2, 4), parallel.BATCH_AXES)
-    specs = jax.tree_util.tree_map(lambda s: s.spec, parallel.state_sharding(state, mesh))
-    params = specs.params
-    assert any(s != P() for s in jax.tree_util.tree_leaves(params)), "nothing FSDP-split"
-    adam = specs.opt_state.inner_state[-1][0]  # chain(clip, adam): ScaleByAdamState
-    for tree in (specs.old_params, specs.anchor, specs.importance, specs.path_integral,
-                 adam.mu, adam.nu):
-        assert tree == params
-    replicated = [specs.step, specs.task, specs.seen, specs.old, specs.current,
-                  *jax.tree_util.tree_leaves(specs.memory)]
-    assert all(s == P() for s in replicated)
-
-
-def test_make_mesh_rejects_layouts_that_do_not_cover_the_devices():
-    n = jax.device_count()
-    mesh = parallel.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1)))
-    assert dict(mesh.shape) == {"data": n, "fsdp": 1}
-    with pytest.raises(ValueError, match="parallel.data"):
-        parallel.make_mesh(ml_collections.ConfigDict(dict(data=n + 1, fsdp=1)))
-    with pytest.raises(ValueError, match="parallel.fsdp"):
-        parallel.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=n + 1)))
-
-
-def test_shard_batch_places_whole_and_per_process_batches():
-    mesh = parallel.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1)))
-    clips = jax.device_count() * 2
-    batch = {"x": np.arange(clips * 3, dtype=np.float32).reshape(clips, 3)}
-    for whole in (False, True):  # one process: its slice is the whole batch
-        placed = parallel.shard_batch(batch, mesh, whole=whole)
-        np.testing.assert_array_equal(parallel.to_host(placed)["x"], batch["x"])
-        assert placed["x"].sharding == parallel.batch_sharding(mesh)
-    if jax.device_count() > 1:
-        with pytest.raises(ValueError, match="batch_size"):
-            parallel.shard_batch({"x": np.zeros((jax.device_count() + 1, 3))}, mesh)
-
-
-# -- mixed precision and rematerialisation -------------------------------------------------------
-
-def test_remat_backbone_gives_the_same_gradients():
-    """nn.remat recomputes the blocks' activations in the backward pass with the same
-    operations, so gradients agree to float32 rounding (rtol 1e-5 over the ~1e4-term sums of
-    a 32x32 feature map, sqrt(n)·eps ≈ 1.2e-5 relative)."""
-    frames = jnp.asarray(np.random.default_rng(0).normal(size=(2, SIZE, SIZE, 3)), jnp.float32)
-
-    def gradients(remat: bool):
-        net = ResNet(18, 0.25, jnp.float32, remat)
-        variables = random_like(jax.eval_shape(
-            lambda: net.init(jax.random.key(0), frames, train=False)))
-
-        def loss(params):
-            stages, _ = net.apply({**variables, "params": params}, frames, train=True,
-                                  mutable=["batch_stats"])
-            return sum(jnp.mean(s ** 2) for s in stages)
-
-        return jax.jit(jax.grad(loss))(variables["params"])
-
-    chex.assert_trees_all_close(gradients(True), gradients(False), rtol=1e-5, atol=1e-7)
-
-
-def test_bfloat16_compute_keeps_float32_params_logits_and_loss():
-    """dtype=bfloat16: the train step's loss, updated params, BatchNorm statistics and optimiser
-    state are float32 (read from the traced step, ``jax.eval_shape``); the loss is finite and
-    the logits are float32 and equal the float32 model's within bfloat16 accuracy: relative
-    error (Frobenius) below 5e-2, an order of magnitude above bfloat16's unit roundoff
-    2^-8 ≈ 3.9e-3, and above 1e-4, far above float32 rounding, so the compute really is
-    bfloat16."""
-    problem16, state = initial_state(dtype="bfloat16")
-    problem32, _ = initial_state()
-    strategy16 = strategies.get_strategy("finetune", problem=problem16)
-    batch = {k: jnp.asarray(v[:2]) for k, v in random_batch().items()}
-    new_state, metrics = jax.eval_shape(train_lib.make_train_step(problem16, strategy16),
-                                        state, batch, jax.random.key(0))
-    floats = [x.dtype for x in jax.tree_util.tree_leaves(
-        (new_state.params, new_state.batch_stats, new_state.opt_state, metrics))
-        if jnp.issubdtype(x.dtype, jnp.floating)]
-    assert floats and all(dtype == jnp.float32 for dtype in floats)
-
-    def loss_and_logits(problem):
-        strategy = strategies.get_strategy("finetune", problem=problem)
-
-        def run(s, b):
-            outputs = problem.apply(train_lib.variables(s.params, s.batch_stats), b,
-                                    train=True)[0]
-            return strategy.loss(s, b, outputs, None, None)[0], outputs.logits
-        return jax.jit(run)(state, batch)
-
-    loss16, logits16 = loss_and_logits(problem16)
-    _, logits32 = loss_and_logits(problem32)
-    assert loss16.dtype == logits16.dtype == jnp.float32 and np.isfinite(float(loss16))
-    error = float(jnp.linalg.norm(logits16 - logits32) / jnp.linalg.norm(logits32))
-    assert 1e-4 < error < 5e-2
-
-
 # -- 8 simulated devices ---------------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -403,19 +290,3 @@ def test_runlocal_on_8_devices_matches_one_device(runlocal_runs):
     """
     assert_metrics_close(load_metrics(runlocal_runs[1]), load_metrics(runlocal_runs[8]),
                          atol=METRICS_ATOL)
-
-
-def test_batches_round_up_to_the_device_count_for_runlocal(capsys):
-    """``train.batch_to_devices`` (runlocal's setting): runlocal's batch of 2 becomes 8 on 8
-    devices, its eval batch of 8 stays; config.json's sizes are the caller's (a copy)."""
-    from jax_cavs.problems.cavs import config as config_base
-
-    config = config_base.base_config("finetune", config_base.parse_arg("runlocal"))
-    assert config.train.batch_to_devices and config.train.batch_size == 2
-    rounded = parallel.batches_to_devices(config, 8)
-    assert (rounded.train.batch_size, rounded.train.eval_batch_size) == (8, 8)
-    assert parallel.batches_to_devices(config, 3).train.eval_batch_size == 9
-    assert config.train.batch_size == 2
-    assert "train.batch_size 2 -> 8" in capsys.readouterr().err
-    assert not config_base.base_config("finetune", config_base.parse_arg(None)
-                                       ).train.batch_to_devices
