@@ -19,6 +19,7 @@ import numpy as np
 from absl.testing import absltest
 
 from jax_cavs.core import strategy as base
+from test_pod import _reference_local_pod
 from test_strategies_distillation import (C_OLD, H, K, K_T, N, NAMES, TASK_MASKS, T, W, _batch,
                                           _f64, _log_softmax, _outputs, _plop_entropy, _state,
                                           _state_for, _strategy, _student_of,
@@ -111,16 +112,7 @@ def _plop_pseudo_labels(y, q, thresholds, is_memory):
 
 def _local_pod(x, scales):
     """PLOP's ``_local_pod`` on an NCHW array, with the scales that fit the map."""
-    b, _, _, w = x.shape
-    parts = []
-    for scale in [s for s in scales if s <= w]:
-        k = w // scale
-        for i in range(scale):
-            for j in range(scale):
-                tensor = x[..., i * k:(i + 1) * k, j * k:(j + 1) * k]
-                parts.append(tensor.mean(axis=3).reshape(b, -1))
-                parts.append(tensor.mean(axis=2).reshape(b, -1))
-    return np.concatenate(parts, axis=1)
+    return _reference_local_pod(x, [scale for scale in scales if scale <= x.shape[-1]])
 
 
 def _pod(teacher, student, batch, pre_logits="decoder", scales=(1, 2, 4)):
