@@ -288,7 +288,7 @@ class Experiment:
         """
         cfg = self.config.train
         items = self._task_items[t]
-        epoch_steps = scenario_lib.steps_per_epoch(len(items), cfg.batch_size)
+        epoch_steps = self.problem.steps_per_epoch(items, cfg.batch_size)
         steps = cfg.epochs * epoch_steps
         iterator = self.problem.train_stream(
             items, self.task_info(t), batch_size=cfg.batch_size, num_epochs=cfg.epochs,
@@ -374,7 +374,8 @@ class Experiment:
         """The ``metrics.json`` content for the tasks finished so far."""
         return accuracy.metrics_document(
             self.strategy.name, self.problem.name, self.problem.evaluator.headline,
-            self.scenario.describe(), meta["tasks"], meta["accuracy_matrix"])
+            self.scenario.describe(), meta["tasks"], meta["accuracy_matrix"],
+            self.problem.evaluator.summary(meta["tasks"]) if meta["tasks"] else {})
 
     def write_metrics(self, meta: dict[str, Any]) -> dict[str, Any]:
         metrics = self.metrics(meta)

@@ -1,5 +1,9 @@
 """The optimiser: Adam / AdamW / SGD (+ global-norm clipping) on the trainable parameters only.
 
+Weight decay follows torch: AdamW decays decoupled from the moments; Adam and SGD add
+``weight_decay · θ`` to the gradient before the moments (torch ``Adam(weight_decay=...)``'s
+coupled L2, which AV-CIL's code uses: ``add_decayed_weights`` then ``adam``).
+
 Leaves of the problem's "frozen" role (``core.roles``; CAVS: VGGish when ``freeze_audio``)
 get ``optax.set_to_zero``: no moments are allocated for them and they never move, not even
 under AdamW's weight decay (a ``stop_gradient`` alone would leave both). The learning rate is
@@ -35,7 +39,7 @@ def build_optimizer(cfg: ml_collections.ConfigDict, frozen: Sequence[str] = ()
                 "adamw": lambda: optax.adamw(learning_rate, weight_decay=cfg.weight_decay),
                 "sgd": lambda: optax.sgd(learning_rate, momentum=0.9, nesterov=True)}[cfg.name]()
         parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip > 0 else []
-        if cfg.name == "sgd" and cfg.weight_decay > 0:
+        if cfg.name in ("sgd", "adam") and cfg.weight_decay > 0:
             parts.append(optax.add_decayed_weights(cfg.weight_decay))
         train = optax.chain(*parts, core)
         if not frozen:

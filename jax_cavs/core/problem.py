@@ -61,6 +61,11 @@ class Evaluator(Protocol):
 
     def finalize(self, stats: PyTree, scenario: Any, seen: Any) -> dict[str, Any]: ...
 
+    def summary(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """The problem's own run summary from the finished tasks' records (e.g. AV-CIL's mean
+        accuracy and average forgetting over steps), merged into metrics.json's
+        ``summary`` beside the accuracy matrix's (``core.accuracy``); {} for none."""
+
 
 class Problem(Protocol):
     """One task kind: model, batches, losses' inputs, scores, parameter roles.
@@ -113,6 +118,11 @@ class Problem(Protocol):
         ``"presence"`` float [B, K] (> 0: the clip is a member of the class) and, given the
         eval-mode ``outputs``, ``"feature_sums"`` [B, K, C] with ``"feature_weights"``
         [B, K] (the class's mean feature of the clip is their ratio; herding)."""
+
+    def steps_per_epoch(self, items: Sequence[tuple[int, bool, float]], batch_size: int) -> int:
+        """Optimiser steps of one epoch of ``items`` (``train_stream`` yields exactly this many
+        batches per epoch): ``core.scenario.steps_per_epoch`` when replayed items are shuffled
+        in with the task's, fewer when an epoch is one pass over the task's items only."""
 
     def train_stream(self, items: Sequence[tuple[int, bool, float]], task: Any, *,
                      batch_size: int, num_epochs: int, seed: int, worker_count: int,

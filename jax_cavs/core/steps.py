@@ -5,7 +5,10 @@
 frozen teacher forward in eval mode when the strategy uses one (skipped by ``lax.cond`` on the
 first task, so the step compiles once for the whole experiment), the strategy's loss terms
 plus its parameter penalty, gradients, the optimiser update and the strategy's after-step
-transform (e.g. the SI path integral). It never syncs with the host; metrics stay on device.
+transform (e.g. the SI path integral). Rows of the "classifier" role (``core.roles``; class
+axis last) for classes not seen yet get no update: they do not exist yet (torch codes grow the
+head per task, AV-CIL's ``incremental_classifier``), so weight decay must not move them from
+their initialisation before their task starts. It never syncs with the host; metrics stay on device.
 ``drop`` trains a model that does without some modalities (CMR's visual-only twin drops the
 audio, ``core.problem.MODALITIES``); its teacher is fed the same input.
 
@@ -21,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jax_cavs.core import roles
 from jax_cavs.core.problem import Batch, Outputs, Problem
 from jax_cavs.core.state import ContinualState
 from jax_cavs.core.strategy import Strategy
@@ -34,6 +38,16 @@ def variables(params, batch_stats) -> dict:
 def make_train_step(problem: Problem, strategy: Strategy, *, drop: frozenset[str] = frozenset()
                     ) -> Callable[[ContinualState, Batch, jax.Array], tuple]:
     """Builds the pure train step for ``problem`` and ``strategy`` (jit it with donation)."""
+
+    head = tuple(problem.param_roles().get("classifier", ()))
+
+    def unseen_rows_fixed(updates, seen):
+        if not head:
+            return updates
+        in_head = roles.leaf_mask(updates, include=head)
+        return jax.tree_util.tree_map(
+            lambda u, m: jnp.where(seen, u, 0).astype(u.dtype)
+            if m and u.shape[-1:] == seen.shape else u, updates, in_head)
 
     def teacher_outputs(state: ContinualState, batch: Batch) -> Outputs | None:
         if not strategy.uses_teacher:
@@ -61,6 +75,7 @@ def make_train_step(problem: Problem, strategy: Strategy, *, drop: frozenset[str
         (loss, (terms, penalty, batch_stats)), grads = jax.value_and_grad(
             loss_fn, has_aux=True)(state.params)
         updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+        updates = unseen_rows_fixed(updates, state.seen)
         params = optax.apply_updates(state.params, updates)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                                   batch_stats=batch_stats)

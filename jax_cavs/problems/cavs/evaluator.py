@@ -58,3 +58,8 @@ class SegmentationEvaluator:
                                     "all": score(seen)},
                            "per_class_iou": [None if np.isnan(v) else float(v)
                                              for v in np.asarray(per_class)]}}
+
+    @staticmethod
+    def summary(records) -> dict[str, Any]:
+        """CAVS reports the accuracy matrix's summary only (``core.accuracy``)."""
+        return {}

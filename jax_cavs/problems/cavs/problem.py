@@ -29,6 +29,7 @@ import numpy as np
 
 from jax_cavs.cl import reduce
 from jax_cavs.core import distributed
+from jax_cavs.core import scenario as scenario_lib
 from jax_cavs.core.problem import MODALITIES, Outputs
 from jax_cavs.data import sources
 from jax_cavs.models import weights as weights_lib
@@ -183,6 +184,11 @@ class CAVSProblem:
                 "frozen": AUDIO_ENCODER if self.model.freeze_audio else ()}
 
     # -- data -----------------------------------------------------------------------------
+    @staticmethod
+    def steps_per_epoch(items, batch_size: int) -> int:
+        """Replayed clips are shuffled in with the task's (``streams.train_iterator``)."""
+        return scenario_lib.steps_per_epoch(len(items), batch_size)
+
     def train_stream(self, items, task, *, batch_size, num_epochs, seed, worker_count,
                      shard_index, shard_count):
         keep = task.current if task.label_policy == "current" else task.seen
