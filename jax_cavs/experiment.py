@@ -1,7 +1,9 @@
 """A continual experiment from a config: the config's problem, then the core's loop.
 
 ``create(config, workdir)`` builds ``jax_cavs.problems.build(config)`` and hands it to
-``core.loop.Experiment.create``; ``run()`` executes (or resumes) the task loop.
+``core.loop.Experiment.create``; ``run()`` executes (or resumes) the task loop. The experiment
+holds open files (orbax's checkpoint manager, TensorBoard's writer): use it as a context
+(``with create(config, workdir) as experiment: experiment.run()``) or ``close()`` it.
 """
 
 from __future__ import annotations

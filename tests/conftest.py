@@ -1,8 +1,11 @@
-"""Shared fixtures: the tiny SynthAVS dataset, built once per test process, and one persistent
-XLA compilation cache for every test process and every CLI run the tests start (compiling the
+"""Shared fixtures: the tiny SynthAVS dataset, built once per test process, an uninterrupted
+fine-tuning ``runlocal`` run that the interrupt tests compare against, and one persistent XLA
+compilation cache for every test process and every CLI run the tests start (compiling the
 model dominates the suite's time; the cache makes each program compile once)."""
 
 import os
+import subprocess
+import sys
 
 import jax
 import pytest
@@ -37,3 +40,24 @@ def avsbench_runlocal_data(tmp_path_factory) -> str:
     avsbench_layout.write_synth_avs_semantic(
         str(data_dir / "downloads" / "manual" / "avsbench_semantic"), tiny, val_clips=3)
     return str(data_dir)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def finetune_runlocal_command(workdir: str, data_dir: str, *flags: str) -> list[str]:
+    """The command line of a fine-tuning ``runlocal`` run on the tiny data."""
+    return [sys.executable, "-m", "jax_cavs.main", "--config", "configs/finetune.py:runlocal",
+            "--workdir", workdir, f"--config.dataset.data_dir={data_dir}", *flags]
+
+
+@pytest.fixture(scope="session")
+def finetune_runlocal(tmp_path_factory, tiny_data_dir) -> str:
+    """The workdir of one uninterrupted ``configs/finetune.py:runlocal`` CLI run (how often
+    a run checkpoints or how many grain workers feed it changes none of its results)."""
+    workdir = str(tmp_path_factory.mktemp("finetune_runlocal"))
+    result = subprocess.run(finetune_runlocal_command(workdir, tiny_data_dir), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir

@@ -30,13 +30,16 @@ SUMMARY = {"num_tasks": 3, "average_accuracy": 0.3312, "learning_accuracy": 0.55
 # Per-class IoU after the last task; class 5 is absent from the test ground truth.
 LAST_IOU = [0.9, 0.3, 0.2, 0.25, 0.35, None, 0.21, 0.6, 0.45, 0.42]
 CONFIG = {"seed": 3, "strategy": {"name": "cmr", "memory_per_class": 5}, "note": "<a&b>"}
+# timings.json as core.outputs writes it (seconds per part of each task, 0-based keys).
+TIMINGS = {str(t): {"train": 40.5 + t, "end_task": 7.25, "eval": 1.5, "total": 49.25 + t}
+           for t in range(len(MIOU))}
 
 # Pixel sizes follow from report.DPI = 100 and the figure sizes in inches:
 # accuracy matrix 6x5, mIoU per task 7x4, bar charts max(7, 1.5 + 0.22 * bars) x 4.5
-# (collisions: x 5), overlays 7.5 x (2.6 * examples), MSS histogram 6x4.
+# (collisions: x 5), overlays 9 x (2.6 * examples), MSS histogram 6x4.
 BASE_IMAGES = {"accuracy_matrix.png": (600, 500), "miou_per_task.png": (700, 400),
                "per_class_iou.png": (700, 450)}
-CMR_IMAGES = {"overlays.png": (750, 520), "collisions_1.png": (700, 500),
+CMR_IMAGES = {"overlays.png": (900, 520), "collisions_1.png": (700, 500),
               "collisions_2.png": (700, 500), "mss_scores_0.png": (600, 400),
               "mss_scores_1.png": (600, 400)}
 
@@ -109,8 +112,7 @@ def cmr_workdir(base_workdir):
     scored videos)."""
     rng = np.random.default_rng(1)
     _write_json(os.path.join(base_workdir, "config.json"), CONFIG)
-    _write_json(os.path.join(base_workdir, "timings.json"),
-                {str(t): 12.5 + t for t in range(len(MIOU))})
+    _write_json(os.path.join(base_workdir, "timings.json"), TIMINGS)
     for t, with_scored in ((0, True), (1, False)):
         _write_json(os.path.join(base_workdir, "memory", f"task_{t}.json"),
                     _selection(t, with_scored, rng))
@@ -180,13 +182,17 @@ def test_html_tables_hold_the_metrics(cmr_workdir):
     index = cavs_report.write_report(cmr_workdir, class_names=NAMES, overlays=_overlays())
     page = _page(index)
     per_task, summary, pairs_1, pairs_2 = page.tables
-    assert per_task[0] == ["task", "classes", "old", "new", "all", "seconds"]
-    assert per_task[1:] == [[str(t), ", ".join(NAMES[c] for c in GROUPS[t]),
+    assert per_task[0] == ["task", "classes", "old", "new", "all", "train (s)",
+                           "end of task (s)", "eval (s)", "total (s)"]
+    # Tasks numbered from 1; the seconds split into training, end of task and evaluation.
+    assert per_task[1:] == [[str(t + 1), ", ".join(NAMES[c] for c in GROUPS[t]),
                              *(_percent(miou[k]) for k in ("old", "new", "all")),
-                             str(12.5 + t)] for t, miou in enumerate(MIOU)]
+                             str(40.5 + t), "7.25", "1.5", str(49.25 + t)]
+                            for t, miou in enumerate(MIOU)]
     assert per_task[2][2:5] == ["31.0", "55.0", "43.2"]  # by hand, 0.4321 -> 43.2
-    shown = {k: v for k, v in SUMMARY.items() if k != "num_tasks"}  # a count, not a %
-    assert summary == [list(shown), [_percent(v) for v in shown.values()]]
+    # The count is shown as it is (not 300.0), the fractions as percentages.
+    assert summary == [["num_tasks", "average_accuracy (%)", "learning_accuracy (%)",
+                        "forgetting (%)", "bwt (%)"], ["3", "33.1", "55.3", "32.0", "-32.0"]]
     assert pairs_1[1:] == [["dog", "piano", "1042"], ["guitar", "car", "77"]]
     assert pairs_2[1:] == [["dog", "drum", "1042"], ["bell", "baby", "77"]]
     assert json.loads(page.pre) == CONFIG  # shown verbatim, "<a&b>" escaped and decoded
@@ -232,6 +238,15 @@ def test_accuracy_matrix_marks_undefined_entries():
     assert cells == {(0, 0): "62.0", (0, 1): "–", (0, 2): "–", (1, 0): "31.0",
                      (1, 1): "55.0", (1, 2): "–", (2, 0): "22.0", (2, 1): "28.0",
                      (2, 2): "49.0"}
+    # The heatmap's data leave the unlearned cells out (masked, drawn blank), not 0.0.
+    (image,) = fig.axes[0].images
+    data = image.get_array()
+    np.testing.assert_array_equal(np.ma.getmaskarray(data),
+                                  [[False, True, True], [False, False, True], [False] * 3])
+    np.testing.assert_allclose(data.compressed(), [62.0, 31.0, 55.0, 22.0, 28.0, 49.0])
+    # Rows and columns are the tasks as a person counts them.
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["1", "2", "3"]
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["1", "2", "3"]
 
 
 def test_voc_palette_and_blend_by_hand():

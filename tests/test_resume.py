@@ -1,5 +1,6 @@
-"""Exact resume: a run killed with SIGKILL at several points and resumed ends bitwise equal to
-an uninterrupted run (metrics.json and final parameters), on CPU."""
+"""Exact resume: a run killed with SIGKILL at several points, and once stopped with a SIGINT
+(which checkpoints where it comes, ``core.interrupts``), and resumed ends bitwise equal to an
+uninterrupted run (metrics.json and final parameters), on CPU."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import finetune_runlocal_command
 from jax_cavs.core import checkpoint as ckpt_lib
 
 pytestmark = pytest.mark.slow
@@ -24,18 +26,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def command(workdir: str, data_dir: str) -> list[str]:
-    return [sys.executable, "-m", "jax_cavs.main", "--config", "configs/finetune.py:runlocal",
-            "--workdir", workdir, f"--config.dataset.data_dir={data_dir}",
-            "--config.train.checkpoint_every=4"]
+    return finetune_runlocal_command(workdir, data_dir, "--config.train.checkpoint_every=4")
 
 
-def run_until(cmd: list[str], pattern: str | None, timeout: float = 600) -> str:
-    """Runs ``cmd``; SIGKILLs it as soon as its stderr matches ``pattern`` (None: let it end).
+def run_until(cmd: list[str], pattern: str | None, timeout: float = 600,
+              sig: int = signal.SIGKILL) -> str:
+    """Runs ``cmd`` in a process group of its own; sends ``sig`` to the group (as a terminal
+    sends Ctrl-C) as soon as its stderr matches ``pattern`` (None: let it end).
 
-    Returns the stderr text seen. Asserts a killed run was really killed before finishing.
+    Returns the stderr text seen. Asserts a signalled run was stopped by it before finishing
+    (a SIGINT/SIGTERM ends a run with status 128 + the signal, ``jax_cavs.main``).
     """
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, start_new_session=True)
     seen = []
     killed = threading.Event()
 
@@ -52,7 +55,7 @@ def run_until(cmd: list[str], pattern: str | None, timeout: float = 600) -> str:
             seen.append(chunk)
             window += chunk  # the previous tail (a match may straddle reads) + the new text
             if pattern and not killed.is_set() and re.search(pattern, window):
-                proc.send_signal(signal.SIGKILL)
+                os.killpg(proc.pid, sig)
                 killed.set()
             window = window[-4096:]
 
@@ -67,7 +70,8 @@ def run_until(cmd: list[str], pattern: str | None, timeout: float = 600) -> str:
     thread.join(timeout=60)
     text = "".join(seen)
     if pattern:
-        assert killed.is_set() and proc.returncode == -signal.SIGKILL, text[-2000:]
+        status = -sig if sig == signal.SIGKILL else 128 + sig
+        assert killed.is_set() and proc.returncode == status, text[-2000:]
     else:
         assert proc.returncode == 0, text[-3000:]
     return text
@@ -90,7 +94,7 @@ def check_report(workdir: str) -> None:
     with open(index) as f:
         images = re.findall(r'<img src="([^"]+)"', f.read())
     expected = {"accuracy_matrix.png": (600, 500), "miou_per_task.png": (700, 400),
-                "overlays.png": (750, 520)}
+                "overlays.png": (900, 520)}
     assert {"accuracy_matrix.png", "miou_per_task.png", "per_class_iou.png",
             "overlays.png"} <= set(images)
     for name in images:
@@ -102,24 +106,26 @@ def check_report(workdir: str) -> None:
             assert image.size == expected[name], name
 
 
-def test_killed_and_resumed_run_is_bitwise_identical(tmp_path, tiny_data_dir):
-    reference = str(tmp_path / "reference")
-    run_until(command(reference, tiny_data_dir), None)
-
+def test_killed_and_resumed_run_is_bitwise_identical(tmp_path, tiny_data_dir,
+                                                     finetune_runlocal):
+    reference = finetune_runlocal  # the same run, checkpointed only at task ends
     check_report(reference)
 
     resumed = str(tmp_path / "resumed")
     cmd = command(resumed, tiny_data_dir)
-    # Right after a mid-task checkpoint (task 0, step 4).
-    run_until(cmd, r"saved checkpoint 1 \(task 0, train, step 4\)")
-    # Inside a task: past the next checkpoint, in the middle of training task 0.
+    # Ctrl-C in the first task's training: the run checkpoints the step it is at (not only
+    # at the every-4-steps checkpoints) and says how to resume.
+    text = run_until(cmd, r"task 1/2 train:\s+\d+%\|[^|]*\|\s*[3-7]/", sig=signal.SIGINT)
+    (step,) = re.findall(r"Interrupted by SIGINT; checkpoint saved at task 1/2, training "
+                         r"step (\d+) of 42\. Resume with: ", text)
+    # Inside a task: past the next checkpoint, in the middle of the first task's training.
     text = run_until(cmd, r"task 1/2 train:\s+\d+%\|[^|]*\|\s*(9|1[0-9])/")
-    assert "Resuming" in text and "step 4" in text
-    # During the evaluation of task 0.
-    run_until(cmd, r"task 0 eval")
-    # Inside task 1's training (right after its step-4 checkpoint: a fast CPU's progress bar
-    # may skip any given step number).
-    run_until(cmd, r"\(task 1, train, step 4\)")
+    assert f"Resuming {resumed} at task 1/2, training step {step} of 42." in text
+    # During the evaluation of the first task.
+    run_until(cmd, r"task 1/2 eval")
+    # Inside the second task's training (right after its step-4 checkpoint: a fast CPU's
+    # progress bar may skip any given step number).
+    run_until(cmd, r"\(task 2/2, training step 4 of ")
     text = run_until(cmd, None)
     assert "Resuming" in text
 
@@ -138,10 +144,10 @@ def test_killed_and_resumed_run_is_bitwise_identical(tmp_path, tiny_data_dir):
 # CPU), so the resume restores that state. PLOP's and EWC's first task is fine-tuning's,
 # whose kills the test above covers.
 KILLS = {
-    "plop": [r"\(task 1, train, step 4\)"],
-    "cmr": [r"\(task 0, train, step 8\)", r"\(task 0, aux, step 8\)",
-            r"\(task 1, train, step 4\)"],
-    "ewc": [r"\(task 1, train, step 4\)"],
+    "plop": [r"\(task 2/2, training step 4 of "],
+    "cmr": [r"\(task 1/2, training step 8 of ", r"\(task 1/2, visual_twin training step 8 of ",
+            r"\(task 2/2, training step 4 of "],
+    "ewc": [r"\(task 2/2, training step 4 of "],
 }
 
 

@@ -20,7 +20,6 @@ models a user evaluates or deploys later, and the trained first task that other 
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any
 
 import jax
@@ -34,17 +33,32 @@ class CorruptCheckpoint(ValueError):
 
 
 class Checkpointer:
-    """Saves and restores ``(state, meta, data)`` under ``workdir/checkpoints``."""
+    """Saves and restores ``(state, meta, data)`` under ``workdir/checkpoints``; ``reading``
+    opens an existing run without creating or cleaning anything (orbax's ``read_only``
+    option would log a warning per setting it overrides)."""
 
-    def __init__(self, workdir: str, max_to_keep: int = 2):
+    def __init__(self, workdir: str, max_to_keep: int = 2, reading: bool = False):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         self._manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                                 enable_async_checkpointing=False))
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep, create=not reading, cleanup_tmp_directories=not reading,
+                enable_async_checkpointing=False))
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
+
+    def position(self, step: int | None = None) -> dict[str, Any] | None:
+        """The ``meta`` of the latest (or given) checkpoint, without restoring arrays; None
+        when there is none."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            return None
+        try:
+            return dict(self._manager.restore(step, args=ocp.args.Composite(
+                meta=ocp.args.JsonRestore())).meta)
+        except Exception as error:  # orbax raises many types for damaged files
+            raise _corrupt(self.directory, step, error) from error
 
     def save(self, step: int, state: ContinualState, meta: dict[str, Any],
              data: dict[str, Any] | None = None,
@@ -60,8 +74,6 @@ class Checkpointer:
             items["aux"] = ocp.args.StandardSave(aux)
         self._manager.save(step, args=ocp.args.Composite(**items), force=True)
         self._manager.wait_until_finished()
-        print(f"[jax_cavs] saved checkpoint {step} (task {meta.get('task')}, "
-              f"{meta.get('phase')}, step {meta.get('step')})", file=sys.stderr, flush=True)
 
     def restore(self, template: ContinualState, step: int | None = None
                 ) -> tuple[ContinualState, dict[str, Any], dict[str, Any],
@@ -81,11 +93,7 @@ class Checkpointer:
                 items["aux"] = ocp.args.StandardRestore({name: abstract for name in meta["aux"]})
             restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as error:  # orbax/tensorstore raise many types for damaged files
-            path = os.path.join(self.directory, str(step))
-            raise CorruptCheckpoint(
-                f"checkpoint {path} cannot be restored ({type(error).__name__}: {error}). "
-                f"Delete {path} to resume from the previous checkpoint, or start a fresh "
-                f"--workdir.") from error
+            raise _corrupt(self.directory, step, error) from error
         aux = dict(restored.aux) if meta.get("aux") else {}
         return restored.state, dict(restored.meta), dict(restored.data or {}), aux
 
@@ -100,6 +108,25 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+def _corrupt(directory: str, step: int, error: Exception) -> CorruptCheckpoint:
+    path = os.path.join(directory, str(step))
+    return CorruptCheckpoint(
+        f"checkpoint {path} cannot be restored ({type(error).__name__}: {error}). Delete "
+        f"{path} to resume from the previous checkpoint, or start a fresh --workdir.")
+
+
+def read_position(workdir: str) -> dict[str, Any] | None:
+    """``Checkpointer.position`` of ``workdir``'s run, touching nothing (None: no checkpoint
+    yet, or no workdir)."""
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        return None
+    checkpointer = Checkpointer(workdir, reading=True)
+    try:
+        return checkpointer.position()
+    finally:
+        checkpointer.close()
 
 
 def task_model_path(workdir: str, task: int, kind: str = "task") -> str:
@@ -128,12 +155,30 @@ def load_task_model(workdir: str, task: int, params, batch_stats, kind: str = "t
             f"config.first_task_from.")
     template = {"params": params, "batch_stats": batch_stats}
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
-    try:
-        with ocp.StandardCheckpointer() as checkpointer:
-            restored = checkpointer.restore(path, abstract)
-    except Exception as error:  # structure/shape mismatches and damaged files alike
-        raise CorruptCheckpoint(
-            f"model {path} cannot be restored into this run's model "
-            f"({type(error).__name__}: {error}); the two runs must use the same model "
-            f"config.") from error
+    with ocp.StandardCheckpointer() as checkpointer:
+        try:
+            # Compared before restoring: a restore into other shapes fails half-way and
+            # leaves orbax's pending reads to fail again when they are collected.
+            mismatch = _shape_mismatch(checkpointer.metadata(path).item_metadata.tree,
+                                       abstract)
+            if not mismatch:
+                restored = checkpointer.restore(path, abstract)
+        except Exception as error:  # damaged files
+            mismatch = f"{type(error).__name__}: {error}"
+    if mismatch:
+        raise CorruptCheckpoint(f"model {path} cannot be restored into this run's model "
+                                f"({mismatch}); the two runs must use the same model config.")
     return restored["params"], restored["batch_stats"]
+
+
+def _shape_mismatch(stored, abstract) -> str:
+    """The leaves whose structure or shape differ between a saved tree's metadata and the
+    template (a few named), or ""."""
+    def shapes(tree):
+        leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+        return {jax.tree_util.keystr(k): tuple(v.shape) for k, v in leaves}
+
+    have, want = shapes(stored), shapes(abstract)
+    wrong = [f"{k}: saved {have.get(k, 'absent')}, expected {want.get(k, 'absent')}"
+             for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k)]
+    return "; ".join(wrong[:3]) + (f"; and {len(wrong) - 3} more" if len(wrong) > 3 else "")

@@ -6,17 +6,17 @@ stream of the task's videos mixed with the strategy's replay videos, jit'd train
 (optionally validated every k epochs, the best epoch kept: ``core.validation``), the
 strategy's auxiliary models (CMR's visual-only twin) trained on the same stream, ``end_task``
 (importance, memory selection), the problem's evaluator on the common test set over every
-class seen so far, one row of the accuracy matrix, ``metrics.json`` and an atomic orbax
-checkpoint. Re-running on the same workdir resumes where it stopped, bitwise.
+class seen so far, one row of the accuracy matrix, ``metrics.json``, the report and an atomic
+orbax checkpoint. Checkpoints are also written inside the training phases (every few minutes
+by default, ``core.interrupts``), and a SIGINT/SIGTERM stops the run at its next checkpoint.
+Re-running on the same workdir resumes where it stopped, bitwise; re-running a finished one
+only says so (``Experiment.complete``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import sys
-import time
 from typing import Any
 
 import jax
@@ -27,18 +27,29 @@ from tqdm import tqdm
 
 from jax_cavs.core import accuracy
 from jax_cavs.core import checkpoint as ckpt_lib
-from jax_cavs.core import guards, jsonio, optim, parallel, report, validation
+from jax_cavs.core import (auxiliary, guards, interrupts, intask, jsonio, optim, outputs,
+                           parallel, progress, report, validation)
 from jax_cavs.core import steps as steps_lib
 from jax_cavs.core.problem import Problem
 from jax_cavs.core import scenario as scenario_lib
 from jax_cavs.core.scenario import Scenario
-from jax_cavs.core.state import ContinualState, copy_tree, initial_state
+from jax_cavs.core.state import ContinualState, initial_state
 from jax_cavs.core.strategy import Strategy, TaskContext, TaskInfo, get_strategy
+
+
+def owned(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Copies of a stream batch's arrays: on CPU the device arrays would alias the grain
+    workers' shared memory, which would then outlive a stopped stream (leaked blocks)."""
+    return {k: np.array(v) for k, v in batch.items()}
 
 
 @dataclasses.dataclass
 class Experiment:
-    """Everything built once per run; ``run()`` executes (or resumes) the task loop."""
+    """Everything built once per run; ``run()`` executes (or resumes) the task loop.
+
+    ``complete``: the workdir holds a finished run; ``run()`` then only reports it. ``close()``
+    (or a ``with`` block) releases the checkpointer and the TensorBoard writer.
+    """
 
     config: ml_collections.ConfigDict
     workdir: str
@@ -47,27 +58,43 @@ class Experiment:
     strategy: Strategy
     state: ContinualState
     checkpointer: ckpt_lib.Checkpointer
+    complete: bool = False
 
     @classmethod
     def create(cls, config: ml_collections.ConfigDict, workdir: str, problem: Problem,
                allow_config_change: bool = False) -> "Experiment":
-        guards.check_workdir_config(workdir, config, allow_config_change)
+        """Checks the config against the workdir (``core.guards``) before writing anything;
+        a finished run is opened as ``complete`` and left untouched."""
         hparams = {k: v for k, v in config.strategy.items() if k != "name"}
         strategy = get_strategy(config.strategy.name, hparams, problem)
-        if config.first_task_from:
+        scenario = problem.scenario(joint=strategy.single_task)
+        validation.check_scenario(config, scenario)
+        position = ckpt_lib.read_position(workdir)
+        complete = position is not None and position["task"] >= scenario.num_tasks
+        changes = guards.check_workdir_config(workdir, config, allow_config_change, complete)
+        if config.first_task_from and not complete:
             guards.check_first_task_source(os.path.expanduser(config.first_task_from),
                                            config, strategy)
-        scenario = problem.scenario(joint=strategy.single_task)
         state = initial_state(config, problem, strategy)
-        if jax.process_index() == 0:
-            jsonio.write_json_atomic(os.path.join(workdir, "config.json"),
-                                     json.loads(config.to_json()))
+        if jax.process_index() == 0 and not complete:
+            guards.write_config(workdir, config, changes, position)
         if config.train.get("batch_to_devices", False):
             config = parallel.batches_to_devices(config,
                                                  parallel.make_mesh(config.parallel).devices.size)
-        validation.check_scenario(config, scenario)
         return cls(config, workdir, problem, scenario, strategy, state,
-                   ckpt_lib.Checkpointer(workdir))
+                   ckpt_lib.Checkpointer(workdir, reading=complete), complete)
+
+    def __enter__(self) -> "Experiment":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.checkpointer.close()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
     # -- jit'd functions, built once ------------------------------------------------------
     def __post_init__(self):
@@ -75,13 +102,24 @@ class Experiment:
         self.state = self.place(self.state)
         self._steps: dict[tuple, Any] = {}
         self._task_items: dict[int, list] = {}
-        self.writer = report.ScalarWriter(self.workdir) if jax.process_index() == 0 else None
+        self._writer: report.ScalarWriter | None = None
+        self.saves = interrupts.SaveSchedule(self.config.train)
+        self.timings = progress.Timings({})
         self._eval_step = parallel.jit_eval_step(steps_lib.make_eval_step(self.problem),
                                                  self.mesh, self.state)
         problem = self.problem
         forward = parallel.jit_forward(lambda p, bs, batch: problem.apply(
             steps_lib.variables(p, bs), batch, train=False)[0], self.mesh, self.state)
         self.forward = lambda p, bs, batch: forward(p, bs, self.device_batch(batch, whole=True))
+
+    def scalars(self, step: int, values: dict[str, Any]) -> None:
+        """TensorBoard scalars at ``step`` (process 0; the writer is opened on first use, so
+        a run that trains nothing adds no event file)."""
+        if jax.process_index() != 0:
+            return
+        if self._writer is None:
+            self._writer = report.ScalarWriter(self.workdir)
+        self._writer.scalars(step, values)
 
     def place(self, state: ContinualState) -> ContinualState:
         """Lays the state out on the mesh (a no-op for leaves already placed)."""
@@ -146,8 +184,9 @@ class Experiment:
         indices = self.scenario.test_indices if indices is None else indices
         num = -(-len(indices) // self.config.train.eval_batch_size)
         stats = jax.device_put(self.problem.evaluator.init(), parallel.replicated(self.mesh))
+        label = progress.task_label(t, self.scenario.num_tasks)
         for batch in tqdm(self.batches(indices, seen, split=split), total=num,
-                          desc=f"task {t} {'eval' if split == 'test' else split}", leave=False):
+                          desc=f"{label} {'eval' if split == 'test' else split}", leave=False):
             stats = self._eval_step(state.params, state.batch_stats, jnp.asarray(seen),
                                     self.device_batch(batch), stats)
         return self.problem.evaluator.finalize(jax.device_get(stats), self.scenario, seen)
@@ -157,8 +196,11 @@ class Experiment:
     # exactly: "start" (nothing done yet) -> begin/prepare, then "train" (``step`` optimiser
     # steps done, grain iterator state saved) -> "trained" (training finished) -> "aux" (the
     # strategy's auxiliary models, ``meta["aux_done"]`` finished, ``meta["aux_training"]`` at
-    # ``step``) -> end_task and evaluation -> the next task's "start".
+    # ``step``) -> end_task, evaluation and outputs -> the next task's "start". A stop signal
+    # ends the run at the next checkpoint (``save``).
     def run(self) -> dict[str, Any]:
+        if self.complete:
+            return outputs.report_complete(self)
         state, meta, data, aux = self.state, {"task": 0, "phase": "start", "step": 0,
                                               "save": 0, "tasks": [], "accuracy_matrix": []
                                               }, {}, {}
@@ -166,50 +208,80 @@ class Experiment:
             state, meta, data, aux = self.checkpointer.restore(state)
             aux = {name: self.place(a) for name, a in aux.items()}
             state = self.place(state)
-            print(f"[jax_cavs] Resuming from {self.checkpointer.directory}: task {meta['task']}, "
-                  f"phase {meta['phase']}, step {meta['step']}.", file=sys.stderr, flush=True)
-        while meta["task"] < self.scenario.num_tasks:
-            t = meta["task"]
-            ctx = self.task_context(t)
-            if meta["phase"] == "start":
-                state = self.begin_task(state, ctx)
-                meta.update(phase="train", step=0)
-                meta.pop("validation", None), meta.pop("eval_points", None)
-                data = {"items": self._task_items[t], "iterator": None}
-            self._task_items[t] = [tuple(item) for item in data["items"]]
-            if meta["phase"] == "train":
-                if t == 0 and self.config.first_task_from:
-                    state = self.reuse_first_task(state)
-                else:
-                    def checkpoint(trained, step, iterator_state):
-                        meta["step"] = step
-                        self.save(trained, meta, {"items": data["items"],
-                                                  "iterator": iterator_state})
-
-                    state = self.fit(state, t, self.step_fn(self.strategy), "train",
-                                     first=meta["step"], iterator_state=data.get("iterator"),
-                                     checkpoint=checkpoint, log=True,
-                                     during=self.in_task_evaluation(t, meta))
-                    if meta.get("validation"):
-                        state = self.restore_best(state, t, meta["validation"])
-                ckpt_lib.save_task_model(self.workdir, t, state.params, state.batch_stats)
-                meta.update(phase="trained", step=0, aux=[], aux_done=[])
-                self.save(state, meta, {"items": data["items"]})
-            ctx.aux = self.train_aux_models(state, ctx, meta, data, aux)
-            start = time.time()
-            state = self.place(self.strategy.end_task(state, ctx))
-            scores = self.evaluate(state, t)
-            meta["tasks"].append(self.task_record(t, scores, meta))
-            meta["accuracy_matrix"].append(scores["groups"])
-            meta.update(task=t + 1, phase="start", step=0, aux=[], aux_done=[])
-            meta.pop("validation", None), meta.pop("eval_points", None)
-            aux = {}
-            self.save(state, meta, {})
-            self.write_outputs(state, meta, t, time.time() - start)
+            progress.log(f"Resuming {self.workdir} at {self.where(meta, data)}.")
+        self.timings = progress.Timings(meta)
+        with interrupts.StopSignals() as signals:
+            self.saves = interrupts.SaveSchedule(self.config.train, signals)
+            while meta["task"] < self.scenario.num_tasks:
+                state = self.run_task(state, meta, data, aux)
+                data, aux = {}, {}
         self.state = state
         metrics = self.write_metrics(meta)
         report.print_summary(metrics, self.problem.evaluator.headline)
         return metrics
+
+    def run_task(self, state: ContinualState, meta: dict[str, Any], data: dict[str, Any],
+                 aux: dict[str, ContinualState]) -> ContinualState:
+        """Task ``meta["task"]`` from the phase ``meta`` is at to the next task's start."""
+        t = meta["task"]
+        ctx = self.task_context(t)
+        self.timings.enter("train")
+        if meta["phase"] == "start":
+            state = self.begin_task(state, ctx)
+            meta.update(phase="train", step=0)
+            meta.pop("validation", None), meta.pop("eval_points", None)
+            data = {"items": self._task_items[t], "iterator": None}
+        self._task_items[t] = [tuple(item) for item in data["items"]]
+        if meta["phase"] == "train":
+            if t == 0 and self.config.first_task_from:
+                state = self.reuse_first_task(state)
+            else:
+                def checkpoint(trained, step, iterator_state):
+                    meta["step"] = step
+                    self.save(trained, meta, {"items": data["items"],
+                                              "iterator": iterator_state}, announce=True)
+
+                scalars = (lambda trained, i, values: self.scalars(int(trained.step), {
+                    **{f"train/{k}": v for k, v in values.items()},
+                    "train/learning_rate": float(optim.learning_rate(trained.opt_state))}))
+                state = self.fit(state, t, self.step_fn(self.strategy), "train",
+                                 first=meta["step"], iterator_state=data.get("iterator"),
+                                 checkpoint=checkpoint, scalars=scalars,
+                                 during=intask.during_training(self, t, meta))
+                if meta.get("validation"):
+                    state = intask.restore_best(self, state, t, meta["validation"])
+            ckpt_lib.save_task_model(self.workdir, t, state.params, state.batch_stats)
+            meta.update(phase="trained", step=0, aux=[], aux_done=[])
+            self.save(state, meta, {"items": data["items"]})
+        self.timings.enter("end_task")
+        ctx.aux = auxiliary.train(self, state, ctx, meta, data, aux)
+        state = self.place(self.strategy.end_task(state, ctx))
+        self.timings.enter("eval")
+        scores = self.evaluate(state, t)
+        meta["tasks"].append(self.task_record(t, scores, meta))
+        meta["accuracy_matrix"].append(scores["groups"])
+        meta.update(task=t + 1, phase="start", step=0, aux=[], aux_done=[])
+        meta.pop("validation", None), meta.pop("eval_points", None)
+        auxiliary.count_steps(self, meta, ctx.task, self.total_steps(self._task_items[t]))
+        panels = outputs.report_inputs(self, state, t)
+        seconds = self.timings.finish()
+        outputs.write(self, state, meta, t, seconds, panels)
+        progress.log(progress.task_summary(t, self.scenario.num_tasks,
+                                           self.problem.evaluator.headline,
+                                           scores["record"][self.problem.evaluator.headline],
+                                           seconds))
+        self.save(state, meta, {})
+        return state
+
+    def total_steps(self, items) -> int:
+        """Optimiser steps of one training run over a task's ``items``."""
+        return self.config.train.epochs * self.problem.steps_per_epoch(
+            [tuple(item) for item in items], self.config.train.batch_size)
+
+    def where(self, meta: dict[str, Any], data: dict[str, Any]) -> str:
+        """``progress.position`` of a checkpoint's ``meta`` (with the phase's step count)."""
+        steps = self.total_steps(data["items"]) if data.get("items") else None
+        return progress.position(meta, self.scenario.num_tasks, steps)
 
     def begin_task(self, state: ContinualState, ctx: TaskContext) -> ContinualState:
         """begin_task, a fresh optimiser at the task's rate, prepare_task, the replay items."""
@@ -227,64 +299,36 @@ class Experiment:
         source = os.path.expanduser(self.config.first_task_from)
         params, batch_stats = ckpt_lib.load_task_model(source, 0, state.params,
                                                         state.batch_stats)
-        print(f"[jax_cavs] task 1 reused from {ckpt_lib.task_model_path(source, 0)}",
-              file=sys.stderr, flush=True)
+        progress.log(f"{progress.task_label(0, self.scenario.num_tasks)} reused from "
+                     f"{ckpt_lib.task_model_path(source, 0)}")
         return state.replace(params=params, batch_stats=batch_stats)
 
-    def train_aux_models(self, state: ContinualState, ctx: TaskContext, meta: dict[str, Any],
-                         data: dict[str, Any], aux: dict[str, ContinualState]
-                         ) -> dict[str, ContinualState]:
-        """Trains the strategy's ``aux_models`` of this task (phase "aux"), each on the task's
-        stream like the learner and checkpointed with it, resuming a partly trained one."""
-        meta.setdefault("aux", [])
-        meta.setdefault("aux_done", [])
-        for spec in self.strategy.aux_models(ctx.task):
-            if spec.name in meta["aux_done"]:
-                continue
-            resuming = meta["phase"] == "aux" and meta.get("aux_training") == spec.name
-            if not resuming:
-                aux[spec.name] = self.aux_start(state, spec, ctx.task)
-                meta.update(phase="aux", aux_training=spec.name, step=0, aux=sorted(aux))
-                data = {"items": data["items"], "iterator": None}
-
-            def checkpoint(trained, step, iterator_state, name=spec.name):
-                meta["step"] = step
-                self.save(state, meta, {"items": data["items"], "iterator": iterator_state},
-                          {**aux, name: trained})
-
-            aux[spec.name] = self.fit(
-                aux[spec.name], ctx.task.index, self.step_fn(spec.strategy, spec.drop),
-                spec.name, first=meta["step"], iterator_state=data.get("iterator"),
-                checkpoint=checkpoint)
-            meta.update(step=0, aux_done=meta["aux_done"] + [spec.name])
-            self.save(state, meta, {"items": data["items"]}, aux)
-        return aux
-
-    def aux_start(self, state: ContinualState, spec, task: TaskInfo) -> ContinualState:
-        """An auxiliary model's state before its training: the learner's state (a copy: the
-        train step donates its input) with the ``spec.start`` weights, then its strategy's
-        ``begin_task`` and a fresh optimiser at the task's rate, as the learner started."""
-        if spec.start == "teacher":
-            state = state.replace(params=state.old_params, batch_stats=state.old_batch_stats)
-        state = spec.strategy.begin_task(copy_tree(state), task)
-        return self.place(self.fresh_optimizer(state, task.index))
-
     def save(self, state: ContinualState, meta: dict[str, Any], data: dict[str, Any],
-             aux: dict[str, ContinualState] | None = None) -> None:
+             aux: dict[str, ContinualState] | None = None, announce: bool = False) -> None:
+        """Checkpoint number ``meta["save"] + 1``; a run asked to stop stops here
+        (``interrupts.Interrupted``). ``announce``: say so (the saves inside training)."""
         meta["save"] += 1
+        self.timings.flush()
         self.checkpointer.save(meta["save"], state, meta, data, aux)
+        self.saves.saved()
+        where = self.where(meta, data)
+        if meta["task"] < self.scenario.num_tasks and self.saves.stop_requested():
+            raise interrupts.Interrupted(self.saves.signal_number(), where)  # says it saved
+        if announce:
+            progress.log(f"saved checkpoint {meta['save']} ({where})")
 
     def fit(self, state: ContinualState, t: int, step_fn, desc: str, first: int = 0,
-            iterator_state: dict | None = None, checkpoint=None, log: bool = False,
+            iterator_state: dict | None = None, checkpoint=None, scalars=None,
             during=None) -> ContinualState:
         """Runs ``step_fn`` over ``config.train.epochs`` shuffled epochs of task ``t``'s items.
 
         Starts at step ``first`` from ``iterator_state``; calls ``checkpoint(state, step,
-        iterator state)`` every ``config.train.checkpoint_every`` steps and ``during(state,
-        step, steps per epoch, steps)`` after every step (``in_task_evaluation``); ``log``
-        writes the losses to TensorBoard. A non-finite loss term stops the run before
-        anything is saved
-        (``NonFiniteLoss``).
+        iterator state)`` when ``self.saves`` says so (``core.interrupts``), ``during(state,
+        step, steps per epoch, steps, guard)`` after every step (``intask``) and
+        ``scalars(state, step index, losses)`` every ``config.train.log_every`` steps. A
+        non-finite loss term stops the run before anything is saved (``NonFiniteLoss``).
+        The stream is closed on every way out (its grain workers and their shared memory
+        released), so an interrupted run leaves nothing behind.
         """
         cfg = self.config.train
         items = self._task_items[t]
@@ -294,75 +338,41 @@ class Experiment:
             items, self.task_info(t), batch_size=cfg.batch_size, num_epochs=cfg.epochs,
             seed=self.config.seed * 1000 + t, worker_count=cfg.worker_count,
             shard_index=jax.process_index(), shard_count=jax.process_count())
-        if iterator_state:
-            iterator.set_state(iterator_state)
         rng = jax.random.fold_in(jax.random.key(self.config.seed), t)
         guard = guards.NonFiniteGuard(t, desc)
         bar = tqdm(range(first, steps), initial=first, total=steps,
-                   desc=f"task {t + 1}/{self.scenario.num_tasks} {desc}")
-        for i in bar:
-            batch = self.device_batch(next(iterator))
-            state, metrics = step_fn(state, batch, jax.random.fold_in(rng, i))
-            guard.update(i, metrics)
-            last = i + 1 == steps
-            if (i + 1) % cfg.log_every == 0 or last:
-                guard.check()
-                values = {k: float(v) for k, v in metrics.items()}
-                bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()})
-                if log and self.writer:
-                    self.writer.scalars(int(state.step), {
-                        **{f"train/{k}": v for k, v in values.items()},
-                        "train/learning_rate": float(optim.learning_rate(state.opt_state))})
-            if during:
-                during(state, i + 1, epoch_steps, steps, guard)
-            if checkpoint and cfg.checkpoint_every and (i + 1) % cfg.checkpoint_every == 0 \
-                    and not last:
-                guard.check()
-                checkpoint(state, i + 1, iterator.get_state())
-        guard.check()
+                   desc=f"{progress.task_label(t, self.scenario.num_tasks)} {desc}")
+        signals = self.saves.signals
+        try:
+            if iterator_state:
+                iterator.set_state(iterator_state)
+            if signals:
+                signals.patient = False  # a stop comes after the current step
+            for i in bar:
+                batch = self.device_batch(owned(next(iterator)))
+                state, metrics = step_fn(state, batch, jax.random.fold_in(rng, i))
+                guard.update(i, metrics)
+                last = i + 1 == steps
+                if (i + 1) % cfg.log_every == 0 or last:
+                    guard.check()
+                    values = {k: float(v) for k, v in metrics.items()}
+                    bar.set_postfix_str(progress.postfix(values))
+                    if scalars:
+                        scalars(state, i, values)
+                if during:
+                    during(state, i + 1, epoch_steps, steps, guard)
+                if checkpoint and not last and self.saves.due(i + 1):
+                    guard.check()
+                    checkpoint(state, i + 1, iterator.get_state())
+            guard.check()
+        finally:
+            if signals:
+                signals.patient = True
+            bar.close()
+            close = getattr(iterator, "close", None)  # grain iterators; plain ones have none
+            if close:
+                close()
         return state
-
-    def in_task_evaluation(self, t: int, meta: dict[str, Any]):
-        """``during(state, step, steps per epoch, steps, guard)`` for task ``t``'s training, or
-        None: validation at ``validation.due`` steps when ``config.train.validate_every``
-        (best epoch kept, ``core.validation``), and a test-split evaluation at the scenario's
-        ``eval_points`` of this task (task-free protocols). Both histories ride in ``meta``."""
-        cfg, sc = self.config.train, self.scenario
-        points = {step for task, step in sc.eval_points if task == t}
-        if not cfg.get("validate_every", 0) and not points:
-            return None
-
-        def during(state: ContinualState, step: int, epoch_steps: int, steps: int, guard):
-            epoch = cfg.get("validate_every", 0) and validation.due(
-                step, epoch_steps, cfg.validate_every, steps)
-            if epoch or step in points:
-                guard.check()
-            if epoch:
-                scores = self.evaluate(state, t, sc.val_split, sc.tasks[t].val_indices)
-                value = validation.metric_value(scores["record"], cfg.select_metric)
-                history = meta.setdefault("validation", {"metric": cfg.select_metric,
-                                                         "scores": []})
-                if validation.record(history, epoch, value):
-                    ckpt_lib.save_task_model(self.workdir, t, state.params, state.batch_stats,
-                                             kind="best")
-                if self.writer:
-                    self.writer.scalars(int(state.step), {f"val/{cfg.select_metric}": value})
-            if step in points:
-                scores = self.evaluate(state, t)
-                meta.setdefault("eval_points", []).append(
-                    {"step": step, "groups": scores["groups"], **scores["record"]})
-
-        return during
-
-    def restore_best(self, state: ContinualState, t: int, history: dict[str, Any]
-                     ) -> ContinualState:
-        """The learner of the best validated epoch (``models/best_<t>``)."""
-        params, batch_stats = ckpt_lib.load_task_model(self.workdir, t, state.params,
-                                                        state.batch_stats, kind="best")
-        print(f"[jax_cavs] task {t + 1}: epoch {history['best']['epoch']} selected "
-              f"({history['metric']} = {history['best']['score']})", file=sys.stderr,
-              flush=True)
-        return state.replace(params=params, batch_stats=batch_stats)
 
     def task_record(self, t: int, scores: dict[str, Any], meta: dict[str, Any]
                     ) -> dict[str, Any]:
@@ -382,19 +392,3 @@ class Experiment:
         if jax.process_index() == 0:
             jsonio.write_json_atomic(os.path.join(self.workdir, "metrics.json"), metrics)
         return metrics
-
-    def write_outputs(self, state: ContinualState, meta: dict[str, Any], t: int,
-                      seconds: float) -> None:
-        """After task ``t``: metrics.json, TensorBoard scores, timings and the report."""
-        self.write_metrics(meta)
-        # Runs the model: every process takes part.
-        panels = self.problem.report_inputs(self.forward, state, self.scenario, t,
-                                            lambda i, m: self.batches(i, m, "test", whole=True))
-        if jax.process_index() != 0:
-            return
-        headline = self.problem.evaluator.headline
-        self.writer.scalars(t, {f"{headline}/{k}": v
-                                for k, v in meta["tasks"][-1][headline].items()})
-        jsonio.update_json_atomic(os.path.join(self.workdir, "timings.json"), str(t),
-                                  round(seconds, 1))
-        report.write_report(self.workdir, self.problem.report_panels(self.workdir, **panels))

@@ -31,6 +31,17 @@ Roles = Mapping[str, tuple[str, ...]]
 MODALITIES = ("audio", "visual")
 
 
+def model_inputs(batch: Batch, drop: frozenset[str], keys: Mapping[str, str],
+                 owner: str) -> dict[str, jnp.ndarray]:
+    """{modality: its batch entry ``keys[modality]``}, zeros for the ``drop``ped modalities
+    (the model's "absent" input); an unknown modality is an error naming ``owner``."""
+    unknown = set(drop) - set(MODALITIES)
+    if unknown:
+        raise ValueError(f"{owner}: cannot drop {sorted(unknown)}; modalities are "
+                         f"{MODALITIES}.")
+    return {m: jnp.zeros_like(batch[k]) if m in drop else batch[k] for m, k in keys.items()}
+
+
 class Outputs(NamedTuple):
     """A model's outputs: ``logits`` [..., K] over every class of the scenario (static shape;
     masks say which classes are live) and a dict of named ``features`` that strategies read

@@ -3,15 +3,17 @@
 Written by the loop at the end of every task (and re-rendered for an existing run with
 ``python -m jax_cavs.report DIR``). The generic panels are the accuracy matrix, the problem's
 headline scores per task (``metrics.json``'s ``headline`` entry of every task, e.g. CAVS's
-old / new / all mIoU), the continual-learning summary, the seconds per task
-(``timings.json``) and the config; a problem adds its own panels (``Panels``; CAVS:
-``problems/cavs/report.py``).
+old / new / all mIoU), the continual-learning summary, the seconds each task spent training,
+at its end and evaluating (``timings.json``) and the config; a problem adds its own panels
+(``Panels``; CAVS: ``problems/cavs/report.py``). Tasks are numbered from 1, as a person counts
+them (``metrics.json`` keeps the 0-based index).
 
 Inputs read from the workdir: ``metrics.json`` (required, ``core.loop.Experiment.metrics``):
 ``method``, ``headline``, ``scenario`` {split, mode, subset, class_order, groups}, ``tasks``
 [{task, classes, <headline>: {name: score or null}, ...}], ``accuracy_matrix``
-[tasks][groups] (null = undefined), optional ``summary``; ``config.json`` and ``timings.json``
-(optional).
+[tasks][groups] (null = undefined), optional ``summary`` (floats are fractions, shown as %;
+integers are counts, shown as they are); ``config.json`` and ``timings.json`` (optional,
+``{"<t>": {"train": s, "end_task": s, "eval": s, "total": s}}``, ``core.outputs``).
 
 Figures are built on ``matplotlib.figure.Figure`` (Agg canvas, no pyplot state, no display),
 at ``DPI`` with explicit sizes in inches, saved without tight bounding boxes, so every PNG has
@@ -122,8 +124,8 @@ def plot_accuracy_matrix(metrics: Mapping[str, Any]) -> Figure:
     for (i, j), value in np.ndenumerate(matrix):
         ax.text(j, i, "–" if np.isnan(value) else f"{value:.1f}", ha="center", va="center",
                 color="black" if value > 60 or np.isnan(value) else "white")
-    ax.set_xticks(range(matrix.shape[1]))
-    ax.set_yticks(range(matrix.shape[0]))
+    ax.set_xticks(range(matrix.shape[1]), [str(j + 1) for j in range(matrix.shape[1])])
+    ax.set_yticks(range(matrix.shape[0]), [str(i + 1) for i in range(matrix.shape[0])])
     ax.set_xlabel("classes of task j")
     ax.set_ylabel("after task i")
     ax.set_title("Accuracy matrix (mIoU %)")
@@ -131,12 +133,11 @@ def plot_accuracy_matrix(metrics: Mapping[str, Any]) -> Figure:
     return fig
 
 
-
 def plot_headline_per_task(metrics: Mapping[str, Any]) -> Figure:
     """The headline scores (%) after every task (CAVS: old / new / all mIoU); undefined
     values (e.g. no old classes yet) are gaps."""
     headline = metrics["headline"]
-    tasks = [row["task"] for row in metrics["tasks"]]
+    tasks = [row["task"] + 1 for row in metrics["tasks"]]
     fig, axes = figure(7.0, 4.0)
     ax = axes[0, 0]
     for key, marker in zip(metrics["tasks"][0][headline], "osD^v<>"):
@@ -158,6 +159,29 @@ def cell(value: float | None) -> str:
     return "–" if value is None else f"{100.0 * value:.1f}"
 
 
+def summary_cell(value: float | int | None) -> str:
+    """A summary entry: a count (int) as it is, a fraction as a percentage."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return cell(value)
+
+
+def summary_header(key: str, value: float | int | None) -> str:
+    return key if isinstance(value, int) and not isinstance(value, bool) else f"{key} (%)"
+
+
+# timings.json's parts of a task (core.progress.Timings) and their column headers.
+TIMING_COLUMNS = (("train", "train (s)"), ("end_task", "end of task (s)"), ("eval", "eval (s)"),
+                  ("total", "total (s)"))
+
+
+def timing_cells(record: Any) -> list[str]:
+    """A task's seconds per part; "-" where unknown (a missing task, or a timings.json from
+    before the split, whose one number timed only the end of the task)."""
+    record = record if isinstance(record, Mapping) else {}
+    return [str(record[k]) if k in record else "-" for k, _ in TIMING_COLUMNS]
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
@@ -172,19 +196,13 @@ td:nth-child(2){text-align:left} th{background:#f0f0f0} img{max-width:100%;displ
 pre{background:#f6f6f6;padding:1em;overflow:auto}"""
 
 
-_CSS = """body{font-family:sans-serif;margin:2em;max-width:1400px;color:#222}
-table{border-collapse:collapse;margin:0.5em 0 1.5em}
-th,td{border:1px solid #ccc;padding:3px 10px;text-align:right}
-td:nth-child(2){text-align:left} th{background:#f0f0f0} img{max-width:100%;display:block}
-pre{background:#f6f6f6;padding:1em;overflow:auto}"""
-
-
 def render_html(metrics: Mapping[str, Any], images: Sequence[tuple[str, str]],
                 name: Callable[[int], str], sections: Sequence[str],
-                config_text: str | None, timings: Mapping[str, float] | None = None) -> str:
-    """The self-contained page: headline table (with the seconds each task took, from
-    ``timings.json``, when known), CL summary, the ``images`` ((file name, caption) pairs,
-    linked relatively), the problem's ``sections``, config."""
+                config_text: str | None, timings: Mapping[str, Any] | None = None) -> str:
+    """The self-contained page: headline table (with the seconds each task spent training,
+    at its end and evaluating, from ``timings.json``, when known), CL summary, the
+    ``images`` ((file name, caption) pairs, linked relatively), the problem's ``sections``,
+    config."""
     timings = timings or {}
     sc = metrics["scenario"]
     headline = metrics["headline"]
@@ -192,15 +210,16 @@ def render_html(metrics: Mapping[str, Any], images: Sequence[tuple[str, str]],
     title = f"{metrics['method']} — {sc['split']} {sc['mode']} ({sc['subset']})"
     parts = [f"<h1>{html.escape(title)}</h1>", f"<h2>{html.escape(headline)} (%) after each "
              "task</h2>",
-             table(("task", "classes", *keys, "seconds"),
-                   [(row["task"], ", ".join(name(c) for c in row["classes"]),
+             table(("task", "classes", *keys, *(header for _, header in TIMING_COLUMNS)),
+                   [(row["task"] + 1, ", ".join(name(c) for c in row["classes"]),
                      *(cell(row[headline][k]) for k in keys),
-                     timings.get(str(row["task"]), "-"))
+                     *timing_cells(timings.get(str(row["task"]))))
                     for row in metrics["tasks"]])]
-    summary = {k: v for k, v in metrics.get("summary", {}).items() if k != "num_tasks"}
+    summary = metrics.get("summary", {})
     if summary:
-        parts += ["<h2>Continual-learning summary (%)</h2>",
-                  table(tuple(summary), [[cell(v) for v in summary.values()]])]
+        parts += ["<h2>Continual-learning summary</h2>",
+                  table([summary_header(k, v) for k, v in summary.items()],
+                        [[summary_cell(v) for v in summary.values()]])]
     for filename, caption in images:
         parts += [f"<h2>{html.escape(caption)}</h2>",
                   f'<img src="{filename}" alt="{html.escape(caption)}">']
@@ -263,17 +282,17 @@ def _fmt(value) -> str:
 
 
 def print_summary(metrics: dict[str, Any], headline: str) -> None:
-    """The end-of-run table: the problem's headline scores (%) after every task, then the
-    continual-learning summary."""
+    """The end-of-run table: the problem's headline scores (%) after every task (numbered
+    from 1), then the continual-learning summary (fractions as %, counts as they are)."""
     sc = metrics["scenario"]
-    print(f"\n{metrics['method']} on {sc['split']} {sc['mode']} ({sc['subset']})")
+    print(f"\n{metrics['method']} on {sc['split']} {sc['mode']} ({sc['subset']}), "
+          f"{headline} (%)")
     columns = list(metrics["tasks"][0][headline]) if metrics["tasks"] else []
     print(" | ".join([f"{'task':>4}"] + [f"{c:>5}" for c in columns]))
     for row in metrics["tasks"]:
-        print(" | ".join([f"{row['task']:>4}"] + [_fmt(row[headline][c]) for c in columns]))
+        print(" | ".join([f"{row['task'] + 1:>4}"] + [_fmt(row[headline][c]) for c in columns]))
     for key, value in metrics.get("summary", {}).items():
-        if key != "num_tasks":
-            print(f"{key}: {100 * value:.1f}")
+        print(f"{summary_header(key, value)}: {summary_cell(value)}")
 
 
 class ScalarWriter:

@@ -7,6 +7,7 @@ The experiment loop is the same for every method and calls, per task::
     state = strategy.prepare_task(state, ctx)         # passes over the task data (PLOP, CSR)
     replay = strategy.replay_ids(state, ctx)          # memory videos mixed into the stream
     for batch in stream:                              # one jit'd step (``core.steps``)
+        (every validation scores strategy.before_validation(state, ctx))
         loss, terms = strategy.loss(state, batch, student, teacher, rng)
         loss += strategy.penalty(params, state)
         ... optimiser ...
@@ -160,6 +161,12 @@ class Strategy:
         return jnp.zeros((), jnp.float32)
 
     def after_step(self, state: ContinualState, grads, previous_params) -> ContinualState:
+        return state
+
+    def before_validation(self, state: ContinualState, ctx: TaskContext) -> ContinualState:
+        """The learner as the task would end at this point, scored by the validation and kept
+        when best (e.g. iCaRL's class means of exemplars refreshed); training continues from
+        the unchanged ``state``. Host-side, like ``end_task``."""
         return state
 
     def aux_models(self, task: TaskInfo) -> tuple[AuxModel, ...]:

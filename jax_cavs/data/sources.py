@@ -2,8 +2,10 @@
 
 `load_dataset('synth_avs', 'small', data_dir)` imports `data_pipelines.synth_avs` (importing a
 `data_pipelines.<name>` module registers its TFDS builder `<name>`; AVSBench-semantic plugs in
-the same way), builds the dataset into `data_dir` the first time (array_record files, a
-progress bar while generating), and returns a frozen `Dataset`:
+the same way), builds the dataset into `data_dir` the first time (array_record files; one
+`[jax_cavs] Building ...` line instead of TFDS's "no dataset_info.json" warning, "Downloading
+and preparing dataset" lines and progress bars: nothing is downloaded), and returns a frozen
+`Dataset`:
 - `sources[split]` for every split of the dataset (SynthAVS: 'train', 'test'; AVSBench-semantic
   adds 'val'): `tfds.data_source`-style random-access sequences of decoded records (what
   grain's `MapDataset.source` takes);
@@ -20,9 +22,11 @@ under its own config name `<config>_custom_<hash>`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib
+import io
 import json
 import os
 import pkgutil
@@ -34,6 +38,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
+from absl import logging
 
 from jax_cavs.data import IGNORE_INDEX
 
@@ -131,7 +136,8 @@ def record_classes(record: Mapping) -> tuple[int, ...]:
 def build_class_index(source: Sequence[Mapping], description: str = 'class index') -> SplitIndex:
     """Decodes every record of `source` once and collects its `SplitIndex` entries."""
     uid, classes, consistency, corruption, subset = [], [], [], [], []
-    for i in tqdm.trange(len(source), desc=description, unit='clip', file=sys.stderr):
+    for i in tqdm.trange(len(source), desc=description, unit='clip', file=sys.stderr,
+                         leave=False):
         record = source[i]
         uid.append(_text(record['uid'], ''))
         classes.append(record_classes(record))
@@ -220,6 +226,23 @@ def _load_or_build_index(path: str, source: Sequence, num_classes: int,
     return index
 
 
+@contextlib.contextmanager
+def _quiet_tfds():
+    """Silences TFDS while it looks for and builds a dataset: its absl warnings (a variant
+    folder "has no dataset_info.json" before the first build), its lines on stdout
+    ("Downloading and preparing dataset Unknown size ...", "... Subsequent calls will reuse
+    this data.") and its progress bars. Errors still raise."""
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
+    tfds.display_progress_bar(False)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        tfds.display_progress_bar(True)
+        logging.set_verbosity(verbosity)
+
+
 def load_dataset(name: str, config: str, data_dir: str, *,
                  overrides: Mapping | None = None) -> Dataset:
     """Loads dataset `name`/`config` from `data_dir`, building it and its class index on first use.
@@ -237,17 +260,22 @@ def load_dataset(name: str, config: str, data_dir: str, *,
     data_dir = os.path.abspath(os.path.expanduser(data_dir))
     # A registered config is passed by name: data sources are pickled into grain's worker
     # processes, and tfds refuses to rebuild a registered config from a pickled object.
-    builder = builder_cls(config=builder_config.name if not overrides else builder_config,
-                          data_dir=data_dir, file_format='array_record')
     label = f'{name}/{builder_config.name}'
-    if not builder.is_prepared():
+    with _quiet_tfds():
+        builder = builder_cls(config=builder_config.name if not overrides else builder_config,
+                              data_dir=data_dir, file_format='array_record')
+        prepared = builder.is_prepared()
+    if not prepared:
         _ensure_writable(data_dir, f'dataset {label}')
         print(f'[jax_cavs] Building {label} into {builder.data_path} (first use; later loads '
-              'reuse it)...', file=sys.stderr, flush=True)
-        start = time.time()
-        builder.download_and_prepare(file_format='array_record')
-        print(f'[jax_cavs] Built {label} in {time.time() - start:.1f} s.', file=sys.stderr,
-              flush=True)
+              'reuse it)...', end='', file=sys.stderr, flush=True)
+        start, outcome = time.time(), 'failed'
+        try:
+            with _quiet_tfds():
+                builder.download_and_prepare(file_format='array_record')
+            outcome = 'done'
+        finally:  # ends the line (a failure's message follows on the next one)
+            print(f' {outcome} in {time.time() - start:.1f} s.', file=sys.stderr, flush=True)
     metadata = dict(builder.info.metadata or {})
     missing = [k for k in _REQUIRED_METADATA if k not in metadata]
     if missing:

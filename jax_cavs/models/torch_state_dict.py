@@ -201,23 +201,41 @@ def _read_zip_state_dict(path: str) -> StateDict:
     return _materialise(obj, path)
 
 
+class _NoGlobalsUnpickler(pickle.Unpickler):
+    """Reads the legacy format's plain pickles (ints, the system-info dict, the storage keys),
+    which need no global at all; any global is refused."""
+
+    def __init__(self, file, path: str):
+        super().__init__(file)
+        self._path = path
+
+    def find_class(self, module: str, name: str):
+        raise pickle.UnpicklingError(f"{self._path}: the torch.save header pickles "
+                                     f"{module}.{name}; a checkpoint header holds plain values "
+                                     f"only, so this is not a torch checkpoint.")
+
+
+def _header_value(f, path: str):
+    return _NoGlobalsUnpickler(f, path).load()
+
+
 def _read_legacy_state_dict(path: str) -> StateDict:
     with open(path, "rb") as f:
         try:
-            magic = pickle.load(f)
+            magic = _header_value(f, path)
         except Exception as error:  # any failure here means "not this format"
             raise ValueError(f"{path}: neither a torch zip checkpoint nor a legacy torch.save "
                              f"file ({error}).") from error
         if magic != _LEGACY_MAGIC_NUMBER:
             raise ValueError(f"{path}: not a torch checkpoint (no torch.save magic number).")
-        version = pickle.load(f)
+        version = _header_value(f, path)
         if version != _LEGACY_PROTOCOL_VERSION:
             raise ValueError(f"{path}: legacy torch.save protocol {version}, expected "
                              f"{_LEGACY_PROTOCOL_VERSION}.")
-        sys_info = pickle.load(f)
+        sys_info = _header_value(f, path)
         storages: dict[str, _Storage] = {}
         obj = _StateDictUnpickler(f, path, lambda pid: _storage_ref(pid, storages, path)).load()
-        keys = [str(k) for k in pickle.load(f)]
+        keys = [str(k) for k in _header_value(f, path)]
         byteorder = "<" if sys_info.get("little_endian", True) else ">"
         for key in keys:
             if key not in storages:

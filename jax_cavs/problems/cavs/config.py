@@ -16,8 +16,9 @@ from typing import Any
 
 import ml_collections
 
-DEFAULT_DATA_DIR = os.environ.get(
-    "JAX_CAVS_DATA_DIR", os.path.join(os.path.expanduser("~"), ".cache", "jax_cavs", "data"))
+from jax_cavs.core import config_args
+from jax_cavs.data import DEFAULT_DATA_DIR  # noqa: F401 (the configs' default)
+
 WEIGHTS_DIR = os.environ.get(
     "JAX_CAVS_WEIGHTS_DIR", os.path.join(os.path.expanduser("~"), ".cache", "jax_cavs", "weights"))
 
@@ -26,29 +27,9 @@ COMMON_ARGS = {"runlocal": False, "avsbench": False}
 
 
 def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:
-    """Parses ``"a,b=3,c=x"`` against defaults ``spec`` plus ``COMMON_ARGS`` (every config
-    accepts ``runlocal`` and ``avsbench``); types follow the defaults.
-
-    A bare name sets a boolean to True. Unknown names are an error listing the valid ones.
-    """
-    spec = {**COMMON_ARGS, **spec}
-    result = ml_collections.ConfigDict(dict(spec))
-    for token in filter(None, (arg or "").split(",")):
-        key, _, value = token.partition("=")
-        key = key.strip()
-        if key not in spec:
-            raise ValueError(f"unknown config argument {key!r}; valid arguments: "
-                             f"{', '.join(sorted(spec))}.")
-        default = spec[key]
-        if not value:
-            if not isinstance(default, bool):
-                raise ValueError(f"config argument {key!r} needs a value ({key}=...).")
-            result[key] = True
-        elif isinstance(default, bool):
-            result[key] = value.lower() in ("1", "true", "yes")
-        else:
-            result[key] = type(default)(value)
-    return result
+    """``core.config_args.parse_arg`` with the arguments every CAVS config accepts
+    (``runlocal``, ``avsbench``)."""
+    return config_args.parse_arg(arg, COMMON_ARGS, **spec)
 
 
 def base_config(strategy: str, args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

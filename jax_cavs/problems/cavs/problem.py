@@ -30,7 +30,7 @@ import numpy as np
 from jax_cavs.cl import reduce
 from jax_cavs.core import distributed
 from jax_cavs.core import scenario as scenario_lib
-from jax_cavs.core.problem import MODALITIES, Outputs
+from jax_cavs.core.problem import Outputs, model_inputs
 from jax_cavs.data import sources
 from jax_cavs.models import weights as weights_lib
 from jax_cavs.models.audio.vggish import VGGISH_NUM_BANDS, VGGISH_NUM_FRAMES
@@ -137,13 +137,9 @@ class CAVSProblem:
         return variables
 
     def apply(self, variables, batch, *, train: bool, drop=frozenset()):
-        unknown = set(drop) - set(MODALITIES)
-        if unknown:
-            raise ValueError(f"CAVSProblem.apply: cannot drop {sorted(unknown)}; "
-                             f"modalities are {MODALITIES}.")
-        audio = jnp.zeros_like(batch["audio"]) if "audio" in drop else batch["audio"]
-        frames = jnp.zeros_like(batch["frames"]) if "visual" in drop else batch["frames"]
-        args = (frames, audio, batch["frame_mask"])
+        inputs = model_inputs(batch, drop, {"audio": "audio", "visual": "frames"},
+                              "CAVSProblem.apply")
+        args = (inputs["visual"], inputs["audio"], batch["frame_mask"])
         if train:
             (logits, features), updates = self.model.apply(variables, *args, train=True,
                                                            mutable=["batch_stats"])

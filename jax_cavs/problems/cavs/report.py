@@ -22,7 +22,8 @@ Inputs beside the generic ones:
 
 Files it adds to a report (optional ones only when their input exists): ``per_class_iou.png``,
 ``overlays.png``, ``collisions_<t>.png``, ``mss_scores_<t>.png``, and the persisted inputs
-``class_names.json`` and ``overlays.npz``.
+``class_names.json`` and ``overlays.npz``. File names keep the 0-based task index of
+``metrics.json``; titles and captions number tasks from 1, as a person counts them.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import textwrap
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -143,26 +145,46 @@ def plot_per_class_iou(metrics: Mapping[str, Any], name: Callable[[int], str]) -
     ax.set_xticks(range(len(bars)), [name(c) for _, c, _ in bars], rotation=90)
     ax.set_xlim(-0.6, len(bars) - 0.4)
     ax.set_ylabel("IoU (%)")
-    ax.set_title(f"Per-class IoU after task {last['task']}")
+    ax.set_title(f"Per-class IoU after task {last['task'] + 1}")
     present = sorted({j for j, _, _ in bars})
-    legend_outside(ax, handles=[Patch(color=group_colour(j), label=f"task {j}")
+    legend_outside(ax, handles=[Patch(color=group_colour(j), label=f"task {j + 1}")
                                  for j in present])
     return fig
 
 
+def overlay_legend(label: np.ndarray, pred: np.ndarray, name: Callable[[int], str]
+                   ) -> list[tuple[str, tuple[float, float, float]]]:
+    """(text, RGB in [0, 1]) per class an example's masks colour: its name and where it
+    appears (GT, pred or both), with its palette colour; the ignore label as "ignored"."""
+    entries = []
+    for c in np.union1d(np.unique(label), np.unique(pred)):
+        c = int(c)
+        if c == 0:
+            continue  # background: the frame is left as it is
+        where = ", ".join(k for k, mask in (("GT", label), ("pred", pred)) if (mask == c).any())
+        text = "ignored" if c == 255 else f"{name(c)} ({where})"
+        entries.append((text, tuple(float(v) / 255.0 for v in PALETTE[c])))
+    return entries
+
+
 def plot_overlays(overlays: Sequence[Mapping[str, Any]], name: Callable[[int], str]) -> Figure:
-    """One row per example: the frame, ground truth and prediction blended over it, each
-    mask panel titled with the classes it shows."""
-    fig, axes = figure(7.5, 2.6 * len(overlays), nrows=len(overlays), ncols=3)
+    """One row per example: the frame, ground truth and prediction blended over it, and a
+    legend naming the colour of every class the two masks show (titles wrapped to their
+    panel, so a long one never runs into its neighbour)."""
+    fig, axes = figure(9.0, 2.6 * len(overlays), nrows=len(overlays), ncols=4,
+                       width_ratios=(1.0, 1.0, 1.0, 0.9))
     for row, example in zip(axes, overlays):
         frame = np.asarray(example["frame"])
+        label, pred = np.asarray(example["label"]), np.asarray(example["pred"])
         row[0].imshow(frame)
-        row[0].set_title(str(example["title"]), loc="left")
-        for ax, key, caption in ((row[1], "label", "GT"), (row[2], "pred", "pred")):
-            mask = np.asarray(example[key])
+        row[0].set_title(textwrap.fill(str(example["title"]), 26), fontsize=8)
+        for ax, mask, caption in ((row[1], label, "ground truth"), (row[2], pred, "prediction")):
             ax.imshow(blend_mask(frame, mask))
-            shown = [name(int(c)) for c in np.unique(mask) if c not in (0, 255)]
-            ax.set_title(f"{caption}: {', '.join(shown) or 'background'}", fontsize=8)
+            ax.set_title(caption, fontsize=8)
+        entries = overlay_legend(label, pred, name)
+        row[3].legend(handles=[Patch(color=colour, label=text) for text, colour in entries]
+                      or [Patch(color="none", label="background only")],
+                      loc="center left", fontsize=7, frameon=False, borderaxespad=0.0)
         for ax in row:
             ax.set_axis_off()
     return fig
@@ -179,7 +201,7 @@ def plot_collisions(task: int, record: Mapping[str, Any], name: Callable[[int], 
         ax.bar(range(len(classes)), [s[key] for s in stats], color=GROUP_COLOURS[0])
         ax.set_ylabel(label)
     axes[1, 0].set_xticks(range(len(classes)), [name(int(c)) for c in classes], rotation=90)
-    axes[0, 0].set_title(f"Collision-based rehearsal at task {task}")
+    axes[0, 0].set_title(f"Collision-based rehearsal at task {task + 1}")
     return fig
 
 
@@ -202,7 +224,7 @@ def plot_mss_scores(task: int, record: Mapping[str, Any]) -> Figure:
     ax.set_xlabel("audio contribution deviation Δ = s_av − s_v")
     ax.set_ylabel("videos")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_title(f"Multi-modal sample selection at task {task}")
+    ax.set_title(f"Multi-modal sample selection at task {task + 1}")
     legend_outside(ax)
     return fig
 
@@ -213,7 +235,7 @@ def collision_sections(collisions: Mapping[int, Mapping[str, Any]],
     parts = []
     for t, record in collisions.items():
         if record.get("top_pairs"):
-            parts += [f"<h2>Top collision pairs at task {t}</h2>",
+            parts += [f"<h2>Top collision pairs at task {t + 1}</h2>",
                       report.table(("old class", "new class", "pixels"),
                                    [(name(p["old"]), name(p["new"]), p["pixels"])
                                     for p in record["top_pairs"]])]
@@ -246,10 +268,10 @@ class CAVSPanels:
         if self.overlays:
             figures.append(("overlays.png", "Qualitative examples (frame, ground truth, "
                             "prediction)", plot_overlays(self.overlays, self.name)))
-        figures += [(f"collisions_{t}.png", f"Collision-based rehearsal, task {t}",
+        figures += [(f"collisions_{t}.png", f"Collision-based rehearsal, task {t + 1}",
                      plot_collisions(t, record, self.name))
                     for t, record in self.collisions.items()]
-        figures += [(f"mss_scores_{t}.png", f"Multi-modal sample selection, task {t}",
+        figures += [(f"mss_scores_{t}.png", f"Multi-modal sample selection, task {t + 1}",
                      plot_mss_scores(t, record)) for t, record in self.selections.items()]
         return figures
 
