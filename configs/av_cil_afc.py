@@ -17,9 +17,6 @@ def get_config(arg=None):
     args = config_base.parse_arg(arg, lsc=False)
     config = config_base.base_config("afc", args, lam_disc=0.5,
                                      memory_size=config_base.paper_memory(args, 120))
-    config.train.exemplar_batch_size = 0  # exemplars shuffled in with the task's clips
     config.model.head = "lsc"
-    if not args.lsc:
-        config.model.nme = True
-        config.evaluation.logits = "nme_logits"
+    config_base.herded_memory_scoring(config, nme=not args.lsc)
     return config

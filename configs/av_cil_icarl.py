@@ -16,8 +16,5 @@ def get_config(arg=None):
     args = config_base.parse_arg(arg, fc=False)
     config = config_base.base_config("icarl", args,
                                      memory_size=config_base.paper_memory(args, 120))
-    config.train.exemplar_batch_size = 0  # exemplars shuffled in with the task's clips
-    if not args.fc:
-        config.model.nme = True
-        config.evaluation.logits = "nme_logits"
+    config_base.herded_memory_scoring(config, nme=not args.fc)
     return config

@@ -108,3 +108,12 @@ def paper_memory(args, default: int) -> int:
 def paper_lam_i(args, default: float) -> float:
     """λ_I of the chosen dataset (AVE 0.5, K-S and VS100 0.1)."""
     return PAPER[dataset_of(args)][2] if dataset_of(args) in PAPER else default
+
+
+def herded_memory_scoring(config: ml_collections.ConfigDict, nme: bool) -> None:
+    """iCaRL's and AFC's data and scores: exemplars shuffled in with the task's clips (one
+    loader) and, with ``nme``, the nearest mean of exemplars scored instead of the head."""
+    config.train.exemplar_batch_size = 0
+    if nme:
+        config.model.nme = True
+        config.evaluation.logits = "nme_logits"
