@@ -80,7 +80,7 @@ def make_train_step(problem: Problem, strategy: Strategy, *, drop: frozenset[str
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                                   batch_stats=batch_stats)
         new_state = strategy.after_step(new_state, grads, state.params)
-        metrics = {"loss": loss, "penalty": penalty, "grad_norm": optax.global_norm(grads),
+        metrics = {"loss": loss, "penalty": penalty, "grad_norm": optax.tree.norm(grads),
                    **terms}
         return new_state, metrics
 
