@@ -85,13 +85,13 @@ def test_corrupted_checkpoint_names_the_directory(tmp_path):
 
 
 def test_nonfinite_guard_names_step_task_and_term():
-    guard = guards.NonFiniteGuard(task=2, desc="train")
+    guard = guards.NonFiniteGuard(task=2, desc="train")  # 0-based task 2, steps 0..5: read 1-based
     for step in range(6):
         bad = step >= 3
         guard.update(step, {"ce": jnp.asarray(1.0),
                             "pod": jnp.asarray(np.nan if bad else 0.5),
                             "loss": jnp.asarray(np.inf if bad else 1.5)})
-    with pytest.raises(guards.NonFiniteLoss, match=r"task 2 \(train\) at step 3.*pod, loss"):
+    with pytest.raises(guards.NonFiniteLoss, match=r"task 3 \(train\) at step 4 .*pod, loss"):
         guard.check()
 
 
@@ -117,7 +117,7 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, tiny_dat
             "--config.optimizer.lr_incremental=1e30"]
     result = run_cli(*args)
     assert result.returncode == 2, result.stderr[-2000:]
-    assert "non-finite loss in task 1 (train) at step" in result.stderr
+    assert "non-finite loss in task 2 (train) at step" in result.stderr
     with open(workdir / "metrics.json") as f:
         metrics = json.load(f)
     assert [t["task"] for t in metrics["tasks"]] == [0]

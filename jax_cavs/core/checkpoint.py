@@ -151,7 +151,7 @@ def load_task_model(workdir: str, task: int, params, batch_stats, kind: str = "t
     if not os.path.isdir(path):
         raise FileNotFoundError(
             f"{path} does not exist: the run in {workdir} has not finished training task "
-            f"{task} (or predates per-task models). Finish that run first, or clear "
+            f"{task + 1} (or predates per-task models). Finish that run first, or clear "
             f"config.first_task_from.")
     template = {"params": params, "batch_stats": batch_stats}
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)

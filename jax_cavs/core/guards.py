@@ -36,6 +36,7 @@ class NonFiniteGuard:
     """
 
     def __init__(self, task: int, desc: str):
+        """task: 0-based index (messages say ``task + 1``, as every log line does)."""
         self.task, self.desc = task, desc
         self.first = jnp.asarray(-1, jnp.int32)
         self.names: list[str] = []
@@ -53,7 +54,8 @@ class NonFiniteGuard:
         if first >= 0:
             terms = [n for n, bad in zip(self.names, np.asarray(self.flags)) if bad]
             raise NonFiniteLoss(
-                f"non-finite loss in task {self.task} ({self.desc}) at step {first} of the task: "
+                f"non-finite loss in task {self.task + 1} ({self.desc}) at step {first + 1} of "
+                f"the task: "
                 f"terms {', '.join(terms)} are NaN/Inf. The last good checkpoint is intact; "
                 f"lower config.optimizer.lr or check the data, then re-run to resume.")
 
