@@ -89,7 +89,8 @@ def base_config(strategy: str, args: ml_collections.ConfigDict) -> ml_collection
         eval_batch_size=8,
         worker_count=1,            # grain worker processes (0: in-process)
         log_every=25,
-        checkpoint_every=0,        # steps between mid-task checkpoints (0: task ends only)
+        checkpoint_every=0,        # steps between mid-task checkpoints (0: off)
+        checkpoint_minutes=5.0,    # wall-clock minutes between mid-task checkpoints (0: off)
         batch_to_devices=False,    # round batch sizes up to multiples of the device count
         validate_every=0,          # epochs between validations on the 'val' split (AVSBench);
                                    # the best epoch ends the task (0: off, the last epoch)
