@@ -59,8 +59,16 @@ def first_task(tmp_path_factory, tiny_data_dir):
     return str(workdir), run(method_config("finetune", tiny_data_dir), workdir)
 
 
+def cavs_strategies() -> set[str]:
+    """The strategies CAVS runs: cl's and the CAVS problem's own (other problems' strategies
+    share the registry once their modules are imported in the same process)."""
+    homes = ("jax_cavs.cl.", "jax_cavs.problems.cavs.")
+    return {name for name in strategies.available()
+            if strategies.strategy_class(name).__module__.startswith(homes)}
+
+
 def test_every_method_has_a_config():
-    assert set(METHODS) == set(strategies.available()), "one configs/<name>.py per strategy"
+    assert set(METHODS) == cavs_strategies(), "one configs/<name>.py per strategy"
 
 
 @pytest.mark.parametrize("name", [m for m in METHODS if m != "finetune"])
@@ -139,5 +147,5 @@ def test_task_models_hold_the_learner_and_reject_other_models(first_task, tmp_pa
                                    final["params"])
     with pytest.raises(ckpt_lib.CorruptCheckpoint, match="same model config"):
         ckpt_lib.load_task_model(source, 1, wrong, final["batch_stats"])
-    with pytest.raises(FileNotFoundError, match="has not finished training task 0"):
+    with pytest.raises(FileNotFoundError, match="has not finished training task 1 "):
         ckpt_lib.load_task_model(str(tmp_path), 0, final["params"], final["batch_stats"])
