@@ -23,10 +23,9 @@ import dataclasses
 import functools
 from typing import Mapping, Sequence
 
-import jax
 import numpy as np
 
-from jax_cavs.core import hostpass, steps
+from jax_cavs.core import hostpass, steps, xla
 
 SELECTIONS = ("random", "herding")
 # Herding's argmin treats distances within this of the minimum as tied and takes the earliest
@@ -67,7 +66,7 @@ def _statistics_fn(problem, with_features: bool):
             outputs, _ = problem.apply(steps.variables(params, batch_stats), batch, train=False)
         return problem.class_statistics(outputs, batch)
 
-    return jax.jit(statistics)
+    return xla.jit(statistics)
 
 
 def class_statistics(ctx, state, *, with_features: bool) -> ClipStatistics:

@@ -37,6 +37,8 @@ import numpy as np
 from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jax_cavs.core import xla
+
 BATCH_AXES = ("data", "fsdp")
 
 
@@ -149,7 +151,7 @@ def jit_train_step(step: Callable, mesh: Mesh, state: Any) -> Callable:
     ``state`` only provides the layout (``state_sharding``); metrics come back replicated.
     """
     state_sh = state_sharding(state, mesh)
-    return jax.jit(step, in_shardings=(state_sh, batch_sharding(mesh), replicated(mesh)),
+    return xla.jit(step, in_shardings=(state_sh, batch_sharding(mesh), replicated(mesh)),
                    out_shardings=(state_sh, replicated(mesh)), donate_argnums=(0,))
 
 
@@ -164,7 +166,7 @@ def jit_eval_step(step: Callable, mesh: Mesh, state: Any) -> Callable:
     share the structure), so FSDP-split parameters are consumed where they live.
     """
     params_sh, stats_sh = _model_shardings(mesh, state)
-    return jax.jit(step, in_shardings=(params_sh, stats_sh, replicated(mesh),
+    return xla.jit(step, in_shardings=(params_sh, stats_sh, replicated(mesh),
                                        batch_sharding(mesh), replicated(mesh)),
                    out_shardings=replicated(mesh))
 
@@ -175,7 +177,7 @@ def jit_forward(forward: Callable, mesh: Mesh, state: Any) -> Callable:
     For host passes between tasks: every process can read every output with ``np.asarray``.
     """
     params_sh, stats_sh = _model_shardings(mesh, state)
-    return jax.jit(forward, in_shardings=(params_sh, stats_sh, batch_sharding(mesh)),
+    return xla.jit(forward, in_shardings=(params_sh, stats_sh, batch_sharding(mesh)),
                    out_shardings=replicated(mesh))
 
 

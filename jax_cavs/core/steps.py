@@ -8,7 +8,11 @@ plus its parameter penalty, gradients, the optimiser update and the strategy's a
 transform (e.g. the SI path integral). Rows of the "classifier" role (``core.roles``; class
 axis last) for classes not seen yet get no update: they do not exist yet (torch codes grow the
 head per task, AV-CIL's ``incremental_classifier``), so weight decay must not move them from
-their initialisation before their task starts. It never syncs with the host; metrics stay on device.
+their initialisation before their task starts. Leaves of the "frozen" role enter the loss as
+constants (``stop_gradient``): the optimiser never moves them (``core.optim``), and without
+their gradients XLA drops the backward pass through them (CAVS: the frozen VGGish, half the
+paper-size model's parameters), so ``grads`` holds exact zeros there. It never syncs with
+the host; metrics stay on device.
 ``drop`` trains a model that does without some modalities (CMR's visual-only twin drops the
 audio, ``core.problem.MODALITIES``); its teacher is fed the same input.
 
@@ -40,6 +44,13 @@ def make_train_step(problem: Problem, strategy: Strategy, *, drop: frozenset[str
     """Builds the pure train step for ``problem`` and ``strategy`` (jit it with donation)."""
 
     head = tuple(problem.param_roles().get("classifier", ()))
+    frozen = tuple(problem.param_roles().get("frozen", ()))
+
+    def as_constants_where_frozen(params):
+        if not frozen:
+            return params
+        return jax.tree_util.tree_map(lambda p, m: jax.lax.stop_gradient(p) if m else p,
+                                      params, roles.leaf_mask(params, include=frozen))
 
     def unseen_rows_fixed(updates, seen):
         if not head:
@@ -66,6 +77,7 @@ def make_train_step(problem: Problem, strategy: Strategy, *, drop: frozenset[str
         teacher = teacher_outputs(state, batch)
 
         def loss_fn(params):
+            params = as_constants_where_frozen(params)
             student, batch_stats = problem.apply(variables(params, state.batch_stats), batch,
                                                  train=True, drop=drop)
             loss, terms = strategy.loss(state, batch, student, teacher, rng)

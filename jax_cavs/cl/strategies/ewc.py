@@ -38,7 +38,7 @@ import functools
 import jax
 
 from jax_cavs.cl import regularizers
-from jax_cavs.core import steps
+from jax_cavs.core import steps, xla
 from jax_cavs.core import strategy as base
 from jax_cavs.cl.strategies.importance import ImportanceStrategy, gradient_sum
 
@@ -92,4 +92,4 @@ def _fisher_accumulator(strategy: EWC, problem):
 
         return regularizers.accumulate_squared(acc, jax.grad(task_loss)(state.params))
 
-    return jax.jit(accumulate, donate_argnums=0)
+    return xla.jit(accumulate, donate_argnums=0)

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from jax_cavs.cl import regularizers
-from jax_cavs.core import steps
+from jax_cavs.core import steps, xla
 from jax_cavs.core import strategy as base
 from jax_cavs.cl.strategies.importance import ImportanceStrategy, gradient_sum
 
@@ -90,4 +90,4 @@ def _sensitivity_accumulator(problem):
         return regularizers.accumulate_abs(acc, jax.grad(objective)(state.params),
                                            weight=batch_size)
 
-    return jax.jit(accumulate, donate_argnums=0)
+    return xla.jit(accumulate, donate_argnums=0)

@@ -5,9 +5,12 @@ every fusion block) and ``align_corners=False`` (in the output head). They diffe
 pixel i samples the input of length n_in when producing n_out pixels:
 
 - align_corners=True: src(i) = i·(n_in − 1)/(n_out − 1) (corners map onto corners; src = 0 when
-  n_out = 1). ``jax.image.resize`` has no such mode, so it is written here: per axis, gather the two
-  neighbours floor(src) and min(floor(src)+1, n_in−1) and blend (1−λ)·x0 + λ·x1, λ = src − floor(src).
-  Indices and weights depend only on static shapes, so they are numpy constants under jit.
+  n_out = 1). ``jax.image.resize`` has no such mode, so it is written here: per axis, output i
+  blends the neighbours floor(src) and min(floor(src)+1, n_in−1) as (1−λ)·x0 + λ·x1,
+  λ = src − floor(src). The blend is a static [n_out, n_in] matrix with two non-zeros per row
+  (numpy, from the static shapes) applied with one ``dot_general`` per axis: a gather pair and
+  its scatter-add transpose would cost far more in the backward pass (18 gathers and 18
+  scatter-adds per paper-size step).
 - align_corners=False: src(i) = (i + 0.5)·n_in/n_out − 0.5, clamped at 0. For upsampling this is
   exactly ``jax.image.resize(method='bilinear')`` (half-pixel centres; at the border jax
   renormalises the triangle kernel over in-range pixels, which equals PyTorch's clamp).
@@ -20,18 +23,24 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def _resize_axis_align_corners(x: jnp.ndarray, axis: int, out_size: int) -> jnp.ndarray:
-    in_size = x.shape[axis]
+def align_corners_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """[out_size, in_size] float64: row i holds 1−λ at floor(src(i)) and λ at the next pixel."""
     if out_size > 1:
         src = np.arange(out_size, dtype=np.float64) * ((in_size - 1) / (out_size - 1))
     else:
         src = np.zeros((1,), np.float64)
-    lower = np.minimum(np.floor(src).astype(np.int32), in_size - 1)
+    lower = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
     upper = np.minimum(lower + 1, in_size - 1)
-    weight_shape = [1] * x.ndim
-    weight_shape[axis] = out_size
-    frac = jnp.asarray((src - lower).reshape(weight_shape), dtype=x.dtype)
-    return (1 - frac) * jnp.take(x, lower, axis=axis) + frac * jnp.take(x, upper, axis=axis)
+    frac = src - lower
+    matrix = np.zeros((out_size, in_size), np.float64)
+    rows = np.arange(out_size)
+    np.add.at(matrix, (rows, lower), 1.0 - frac)
+    np.add.at(matrix, (rows, upper), frac)
+    return matrix
+
+
+def _matrix(in_size: int, out_size: int, dtype) -> jnp.ndarray:
+    return jnp.asarray(align_corners_matrix(in_size, out_size), dtype=dtype)
 
 
 def resize_bilinear_align_corners(x: jnp.ndarray, size: tuple[int, int]) -> jnp.ndarray:
@@ -46,8 +55,9 @@ def resize_bilinear_align_corners(x: jnp.ndarray, size: tuple[int, int]) -> jnp.
     """
     if x.ndim != 4:
         raise ValueError(f"resize_bilinear_align_corners expects [B, h, w, C], got {x.shape}.")
-    x = _resize_axis_align_corners(x, 1, size[0])
-    return _resize_axis_align_corners(x, 2, size[1])
+    _, h, w, _ = x.shape
+    x = jnp.einsum("oh,bhwc->bowc", _matrix(h, size[0], x.dtype), x)
+    return jnp.einsum("ow,bhwc->bhoc", _matrix(w, size[1], x.dtype), x)
 
 
 def upsample2x_align_corners(x: jnp.ndarray) -> jnp.ndarray:

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from jax_cavs.core import xla
 from jax_cavs.core.problem import Outputs, model_inputs
 from jax_cavs.problems.av_cil import losses, release, scenarios, streams, synth
 from jax_cavs.problems.av_cil.evaluator import ClassificationEvaluator
@@ -85,7 +86,7 @@ class AVCILProblem:
 
     def init(self, rng: jax.Array) -> dict[str, Any]:
         batch = self.example_batch()
-        return jax.jit(lambda r: self.model.init(r, batch["audio"], batch["visual"]))(rng)
+        return xla.jit(lambda r: self.model.init(r, batch["audio"], batch["visual"]))(rng)
 
     def apply(self, variables, batch, *, train: bool, drop=frozenset()):
         """Eval and train mode are the same function (no dropout, no batch norm)."""

@@ -42,15 +42,13 @@ DECISIONS (spec §6.3, each a config field of ``strategies.cmr.CMR``):
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jax_cavs.data import IGNORE_INDEX
-from jax_cavs.core import hostpass
+from jax_cavs.core import hostpass, xla
 from jax_cavs.problems.cavs import metrics as seg_metrics
 
 COUNTING_UNITS = ("video", "frame")
@@ -100,7 +98,7 @@ def collision_counts(pred: jnp.ndarray, labels: jnp.ndarray, old: jnp.ndarray,
     return per_frame, pairs
 
 
-@functools.partial(jax.jit, static_argnames=("problem", "num_classes"))
+@xla.jit(static_argnames=("problem", "num_classes"))
 def _old_model_batch(problem, params, batch_stats, old, current, batch, *, num_classes):
     """One batch of the old-model pass: its prediction over the old classes, then the counts."""
     pred = problem.predict_with(params, batch_stats, old, batch)

@@ -36,14 +36,12 @@ DECISIONS (config fields of ``strategies.cmr.CMR``):
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable, Iterable
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_cavs.core import hostpass
+from jax_cavs.core import hostpass, xla
 from jax_cavs.core.memory import ReplayMemory
 from jax_cavs.problems.cavs import metrics as seg_metrics
 
@@ -81,7 +79,7 @@ def class_presence(labels: jnp.ndarray, frame_weights: jnp.ndarray, num_classes:
     return jnp.sum(jnp.where(weights, label_area, 0), axis=1) > 0
 
 
-@functools.partial(jax.jit, static_argnames=("problem", "num_classes", "convention"))
+@xla.jit(static_argnames=("problem", "num_classes", "convention"))
 def _score_batch(problem, av_params, av_batch_stats, v_params, v_batch_stats, classes, batch, *,
                  num_classes, convention):
     """One batch of the MSS pass: both models' predictions over ``classes``, then the scores."""

@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 
 from jax_cavs.cl import reduce
-from jax_cavs.core import distributed
+from jax_cavs.core import distributed, xla
 from jax_cavs.core import scenario as scenario_lib
 from jax_cavs.core.problem import Outputs, model_inputs
 from jax_cavs.data import sources
@@ -124,7 +124,7 @@ class CAVSProblem:
         """Initial variables, with ImageNet ResNet / VGGish weights when configured
         (``config.model_init``; missing files and mismatching keys or shapes are named)."""
         batch = self.example_batch()
-        variables = jax.jit(lambda r: self.model.init(
+        variables = xla.jit(lambda r: self.model.init(
             r, batch["frames"], batch["audio"], batch["frame_mask"], train=False))(rng)
         cfg = self.config.model_init
         dont_load = tuple(cfg.dont_load)

@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_cavs.cl import selection
-from jax_cavs.core import hostpass, steps
+from jax_cavs.core import hostpass, steps, xla
 from jax_cavs.core import strategy as base
 from jax_cavs.core.memory import ReplayMemory
 from jax_cavs.problems.av_cil import exemplars, losses
@@ -88,7 +88,7 @@ def _features_fn(problem):
         return {"feature": losses.l2_normalize(outputs.features["fused"]),
                 "label": batch["label"]}
 
-    return jax.jit(features)
+    return xla.jit(features)
 
 
 def clip_features(state, ctx, ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

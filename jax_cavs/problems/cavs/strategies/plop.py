@@ -42,11 +42,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Iterable
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_cavs.core import hostpass
+from jax_cavs.core import hostpass, xla
 from jax_cavs.problems.cavs.losses import pod
 from jax_cavs.problems.cavs.losses import pseudo_labels
 from jax_cavs.cl import reduce
@@ -62,7 +61,7 @@ PRE_LOGITS_FEATURES = {
 }
 
 
-@jax.jit
+@xla.jit
 def _batch_histogram(old_logits, batch, old, seen):
     """int32 [K, 100]: one batch of ``entropy_histogram`` (``update_histogram`` from zero)."""
     histogram = jnp.zeros((old.shape[0], pseudo_labels.NUM_BINS), jnp.int32)
