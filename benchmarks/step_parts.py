@@ -25,6 +25,7 @@ from jax_cavs.models.fusion.tpavi import TPAVI
 from jax_cavs.models.heads.decoder import ProgressiveDecoder
 from jax_cavs.models.heads.neck import DilatedSumNeck
 from jax_cavs.problems.cavs.losses import segmentation
+from jax_cavs.problems.cavs.model import MIN_HEAD_CHANNELS
 
 
 def timed(fn: Callable, args: tuple, repeats: int) -> tuple[float, float]:
@@ -73,7 +74,7 @@ def breakdown(model, variables, batch, tx, opt_state, repeats: int = 2):
     necks = [DilatedSumNeck(m.neck_channels, tuple(m.neck_dilations), m.dtype)
              for _ in range(4)]
     tpavis = {s: TPAVI(m.tpavi_inter_channels, m.tpavi_group, m.dtype) for s in m.tpavi_stages}
-    head = (m.neck_channels // 2, max(m.neck_channels // 8, 8))
+    head = (m.neck_channels // 2, max(m.neck_channels // 8, MIN_HEAD_CHANNELS))
     decoder = ProgressiveDecoder(m.num_classes, head, m.dtype)
 
     def run_backbone(p, x):

@@ -55,8 +55,7 @@ class NonFiniteGuard:
             terms = [n for n, bad in zip(self.names, np.asarray(self.flags)) if bad]
             raise NonFiniteLoss(
                 f"non-finite loss in task {self.task + 1} ({self.desc}) at step {first + 1} of "
-                f"the task: "
-                f"terms {', '.join(terms)} are NaN/Inf. The last good checkpoint is intact; "
+                f"the task: terms {', '.join(terms)} are NaN/Inf. The last good checkpoint is intact; "
                 f"lower config.optimizer.lr or check the data, then re-run to resume.")
 
 

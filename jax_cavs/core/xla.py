@@ -4,8 +4,9 @@ On CPU, XLA (jaxlib 0.10) hands most convolutions to YNNPACK. Its weight-gradien
 convolutions (windows as large as the feature map) run ~3x slower than XLA's Eigen path and
 cost seconds of page faults per step; with ``xla_cpu_experimental_ynn_fusion_type =
 LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT`` YNNPACK keeps only single dots and the convolutions go
-to Eigen: the paper-size AVSBench train step falls from ~25 s to ~17 s on a 2-core CPU
-(``benchmarks/train_step.py``), the math is unchanged (float32 either way, other rounding).
+to Eigen: the paper-size AVSBench train step fell from 46 s to 24-27 s on our 2-core CPU
+(``benchmarks/train_step.py``, README "Benchmarks"); the math is unchanged (float32 either
+way, other rounding).
 
 Override with the environment variable ``JAX_CAVS_XLA_OPTIONS``: a JSON object merged over
 the defaults of the running backend; ``null`` removes a default, e.g.
