@@ -109,3 +109,12 @@ def test_load_waveform_mixes_scales_and_resamples(tmp_path):
     (tmp_path / 'broken.wav').write_bytes(b'not audio')
     with pytest.raises(ValueError, match='broken.wav'):
         audio.load_waveform(str(tmp_path / 'broken.wav'))
+
+
+def test_silence_is_log_of_the_offset_not_zeros():
+    """The log-mel of a silent waveform: log(0.01) in every bin of every (full) example; an
+    all-zero log-mel, by contrast, is a mel energy of 0.99 in every band."""
+    silence = audio.silent_log_mel(3)
+    chex.assert_shape(silence, (3, audio.EXAMPLE_FRAMES, audio.NUM_MEL_BANDS))
+    chex.assert_trees_all_equal(silence, np.full(silence.shape, np.log(np.float32(0.01))))
+    assert not silence.flags.writeable

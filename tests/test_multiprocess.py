@@ -185,7 +185,7 @@ def test_two_local_processes_match_one(tmp_path, tiny_data_dir):
 
     The replay memory selected from one model (the first task, trained once and reused by
     both runs: ``first_task_from``) is exactly the single-process run's, for herding and for
-    CMR's MSS (f^v = the learner with zero audio): every process selects from the whole task,
+    CMR's MSS (f^v = the learner with silent audio): every process selects from the whole task,
     gathered in batch order, and ties within float32 rounding go to the earlier record
     (``core.hostpass``, ``cl.selection``, ``mss.rank``). Memories of later tasks are not
     compared: the learners the two runs train differ in their last bits, which can move a

@@ -12,7 +12,7 @@ complete the last evaluation batch).
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping, NamedTuple, Protocol, Sequence
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -26,20 +26,25 @@ PyTree = Any
 # parameters), "decoder".
 Roles = Mapping[str, tuple[str, ...]]
 
-# Modalities ``Problem.apply`` can drop (feed as zeros / leave out): the visual-only path of
-# CMR's twin and the modality ablations, without special cases in the core.
+# Modalities ``Problem.apply`` can drop (feed the model's "absent" input): the visual-only
+# path of CMR's twin and the modality ablations, without special cases in the core.
 MODALITIES = ("audio", "visual")
 
 
-def model_inputs(batch: Batch, drop: frozenset[str], keys: Mapping[str, str],
-                 owner: str) -> dict[str, jnp.ndarray]:
-    """{modality: its batch entry ``keys[modality]``}, zeros for the ``drop``ped modalities
-    (the model's "absent" input); an unknown modality is an error naming ``owner``."""
+def model_inputs(batch: Batch, drop: frozenset[str], keys: Mapping[str, str], owner: str,
+                 absent: Mapping[str, Callable[[jnp.ndarray], jnp.ndarray]] | None = None
+                 ) -> dict[str, jnp.ndarray]:
+    """{modality: its batch entry ``keys[modality]``}, the model's "absent" input for the
+    ``drop``ped modalities: ``absent[modality](entry)`` where the problem names one (CAVS:
+    the log-mel of silence), zeros otherwise; an unknown modality is an error naming
+    ``owner``."""
     unknown = set(drop) - set(MODALITIES)
     if unknown:
         raise ValueError(f"{owner}: cannot drop {sorted(unknown)}; modalities are "
                          f"{MODALITIES}.")
-    return {m: jnp.zeros_like(batch[k]) if m in drop else batch[k] for m, k in keys.items()}
+    absent = absent or {}
+    return {m: absent.get(m, jnp.zeros_like)(batch[k]) if m in drop else batch[k]
+            for m, k in keys.items()}
 
 
 class Outputs(NamedTuple):

@@ -12,6 +12,8 @@ vggish_params.py), which AVSBench feeds its frozen VGGish:
 - log(mel + 0.01); non-overlapping 96-frame (0.96 s) examples -> [N, 96, 64].
 AVSBench zero-pads N to 10 examples (torchvggish vggish.py `_preprocess`); `log_mel_examples`
 pads or truncates to the requested count.
+`silent_log_mel` is the input of silence: log(0.01) in every bin. An all-zero log-mel is not
+silence but a mel energy of 0.99 in every band, a loud broadband sound.
 
 librosa's STFT centres a shorter window inside the FFT frame (56 zeros either side of the 400
 taps for n_fft=512), so its frame f starts 56 samples before VGGish's; padding the waveform with
@@ -126,3 +128,17 @@ def log_mel_examples(waveform: np.ndarray, num_examples: int) -> np.ndarray:
     count = min(num_examples, frames.shape[0] // EXAMPLE_FRAMES)
     out[:count] = frames[:count * EXAMPLE_FRAMES].reshape(count, EXAMPLE_FRAMES, NUM_MEL_BANDS)
     return out
+
+
+@functools.cache
+def _silent_examples(num_examples: int) -> np.ndarray:
+    examples = log_mel_examples(np.zeros(num_examples * SAMPLE_RATE, np.float32), num_examples)
+    examples.flags.writeable = False
+    return examples
+
+
+def silent_log_mel(num_examples: int) -> np.ndarray:
+    """float32 [num_examples, 96, 64], read-only: `log_mel_examples` of an all-zero waveform of
+    `num_examples` seconds (every example full), the model's "no sound" input (the CAVS
+    problem's dropped audio, the audio-dependence probe's silence). Cached per count."""
+    return _silent_examples(int(num_examples))

@@ -9,10 +9,11 @@
 The image side must be a multiple of 32 (the ResNet stride), the clip length T a multiple of
 ``tpavi_group``. K = ``num_classes`` includes background; logits always cover all K classes.
 
-Visual-only twin: the same model called with ``audio = 0``. That is exactly what AVSBench feeds
-for padded audio (``_preprocess`` zero-fills missing 96x64 examples); every frame then gets the
-same audio embedding, so the audio path carries no information about the clip while the
-architecture, parameters and shapes stay identical.
+Visual-only twin: the same model called with the log-mel of silence (``CAVSProblem.apply``
+with ``drop={"audio"}``; ``data.audio.silent_log_mel``, not ``audio = 0``, which in log-mel is a
+loud broadband sound); every frame then gets the same audio embedding, so the audio path
+carries no information about the clip while the architecture, parameters and shapes stay
+identical.
 
 Mixed precision: ``dtype`` is the compute dtype; parameters are always float32, and the returned
 logits are cast to float32 (features stay in the compute dtype).

@@ -1,7 +1,7 @@
 """MSS, Multi-modal Sample Selection (CMR eqs 1-5; spec_cavs §6.2).
 
 After training task t, two models segment every training video of the task: the audio-visual
-learner f^av_t and its visual-only twin f^v_t (the same network fed zero audio, trained on the
+learner f^av_t and its visual-only twin f^v_t (the same network fed silent audio, trained on the
 same data; spec §6.1 DECISION). For video i and model m the score is its per-video mIoU (eqs
 3-4)
 
@@ -122,7 +122,7 @@ def score_videos(problem, av_variables: tuple[Any, Any], v_variables: tuple[Any,
     Args:
       problem: the CAVS problem (``problem.CAVSProblem``).
       av_variables: (params, batch_stats) of the audio-visual learner.
-      v_variables: (params, batch_stats) of the visual-only twin (run with zero audio).
+      v_variables: (params, batch_stats) of the visual-only twin (run with silent audio).
       classes: bool [K] classes the argmax runs over (module doc).
       batches: padded eval batches over the task's training videos with the task's labels
         (``TaskContext.batches(indices, labels="current")``).

@@ -6,8 +6,9 @@ with a shared background (spec_cavs §1-§3).
   [N, T, H, W] (255 = ignore), ``label_mask`` [N, T] (annotated frames), ``is_memory`` [N],
   ``index`` [N], ``valid`` [N] (``streams.DecodeClip``);
 * model: the AVSBench model (``model.AVSModel``), logits [N, T, H, W, K] over all K classes;
-  ``drop={"audio"}`` feeds zero audio, AVSBench's own "no audio" input (``model`` doc), so the
-  visual-only twin of CMR is the same network;
+  ``drop={"audio"}`` feeds the log-mel of silence (``audio.silent_log_mel``; an all-zero
+  log-mel would be a loud broadband sound), so the visual-only twin of CMR, and its
+  ``"zero_audio"`` learner, are the same network;
 * loss: per-pixel CE over the live classes, mean over the pixels of annotated frames of real
   clips (MiB/PLOP's ``.mean()``); distillation weighs every real frame (``labelled=False``:
   AVSBench v1s annotates frame 0 only, but the teacher sees all five);
@@ -31,6 +32,7 @@ from jax_cavs.cl import reduce
 from jax_cavs.core import distributed, xla
 from jax_cavs.core import scenario as scenario_lib
 from jax_cavs.core.problem import Outputs, model_inputs
+from jax_cavs.data import audio as audio_lib
 from jax_cavs.data import sources
 from jax_cavs.models import weights as weights_lib
 from jax_cavs.models.audio.vggish import VGGISH_NUM_BANDS, VGGISH_NUM_FRAMES
@@ -56,6 +58,12 @@ def pixel_weights(batch, labelled: bool = True) -> jnp.ndarray:
     broadcastable to the pixels; ``CAVSProblem.weights``."""
     frames = batch["label_mask"] if labelled else batch["frame_mask"]
     return (frames * batch["valid"][:, None])[..., None, None]
+
+
+def silence_like(audio: jnp.ndarray) -> jnp.ndarray:
+    """The log-mel of silence with ``audio``'s shape [N, T, 96, 64] (a constant)."""
+    silence = audio_lib.silent_log_mel(audio.shape[1])
+    return jnp.broadcast_to(jnp.asarray(silence, audio.dtype), audio.shape)
 
 
 def _float32(features):
@@ -138,7 +146,7 @@ class CAVSProblem:
 
     def apply(self, variables, batch, *, train: bool, drop=frozenset()):
         inputs = model_inputs(batch, drop, {"audio": "audio", "visual": "frames"},
-                              "CAVSProblem.apply")
+                              "CAVSProblem.apply", absent={"audio": silence_like})
         args = (inputs["visual"], inputs["audio"], batch["frame_mask"])
         if train:
             (logits, features), updates = self.model.apply(variables, *args, train=True,

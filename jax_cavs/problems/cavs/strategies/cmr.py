@@ -10,7 +10,7 @@ Per task t (spec_cavs §6.1; the ordering is inferred)::
     replay_ids    M ⊎ R (duplicates allowed), mixed at random with the task's videos
     training      PLOP's loss (pseudo-labels + Local POD) on D_t ∪ M ⊎ R
     aux model     the visual-only twin f^v_t, trained by the loop on the same stream with
-                  zero audio (``aux_models``, checkpointed like the learner)
+                  silent audio (``aux_models``, checkpointed like the learner)
     end_task      MSS: both models score the task's videos, k per new class enter M
                   (not after the last task: nothing would replay that memory)
 
@@ -20,18 +20,21 @@ live in ``memory.mss`` (eqs 1-5) and ``memory.collision`` (eqs 6-9), the loss is
 The visual-only model f^v (spec §6.1 DECISIONs):
 
 * ``visual_model="twin"`` (default, spec §6.1 step 4): a visual-only twin is trained; it is
-  the same network fed zero audio (``problem.apply(..., drop={"audio"})``), declared to the
+  the same network fed silence (``problem.apply(..., drop={"audio"})``: the log-mel of a
+  silent waveform, ``data.audio.silent_log_mel``; an all-zero log-mel would be a loud
+  broadband sound, not the absence of one), declared to the
   loop as an ``AuxModel``. The spec's other realisation, the network without TPAVI, would be
-  a different module with another parameter tree; with zero audio TPAVI still runs but
+  a different module with another parameter tree; with silent audio TPAVI still runs but
   carries no information about the clip.
-  ``"zero_audio"``: no second model; s^v is the learner itself evaluated with zeroed audio,
+  ``"zero_audio"`` (the name kept for existing configs): no second model; s^v is the learner
+  itself evaluated with silent audio (the same ``drop``),
   the sample-level modality valuation of Wei et al. (CVPR'24) that the paper cites for eq 5.
   It costs no training and its Δ carries no run-to-run training noise (the two models of
   ``"twin"`` diverge during training even where the audio plays no role);
 * ``twin_loss="ce"`` (default): plain cross-entropy over the seen classes on the same stream
   (task videos with the task's labels, replayed videos with their seen labels);
   ``"learner"`` trains it with CMR's own loss (PLOP's pseudo-labels and POD, the teacher also
-  fed zero audio);
+  fed silent audio);
 * DECISION [ours]: it starts each task where the learner starts (the teacher's weights
   f^av_{t-1}, then the same balanced initialisation) and sees the same batches in the same
   order, so the two models differ only in the audio (and the loss, with ``"ce"``) during this
@@ -203,7 +206,7 @@ class CMR(PLOP):
 
     def aux_models(self, task):
         """f^v_t, the visual-only twin: from the teacher's weights (the learner's start), on
-        this task's stream, with zero audio; none after the last task (``end_task``)."""
+        this task's stream, with silent audio; none after the last task (``end_task``)."""
         if self.visual_model != "twin" or task.index == task.num_tasks - 1:
             return ()
         strategy = (self if self.twin_loss == "learner"
@@ -212,7 +215,7 @@ class CMR(PLOP):
 
     def end_task(self, state, ctx):
         """MSS: score the task's videos under the learner and f^v (the twin, or the learner
-        with zero audio) and add k videos per new class to the memory. Skipped after the last
+        with silent audio) and add k videos per new class to the memory. Skipped after the last
         task, whose memory no later task would replay (the results are the same; one twin
         training is saved)."""
         state = super().end_task(state, ctx)
