@@ -18,8 +18,10 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from flax import linen as nn
 
 from jax_cavs.models.audio.vggish import VGGish
+from jax_cavs.models.fusion.tpavi import TPAVI
 from jax_cavs.problems.cavs.model import AVSModel, build_model
 from jax_cavs.problems.cavs.problem import CAVSProblem
 
@@ -209,11 +211,33 @@ def test_rejects_bad_input_shapes(small):
 
 # ----------------------------------------------------------------------------- audio
 
-def test_assembled_model_depends_on_its_audio_after_one_optimizer_step():
-    """From the real initialisation (TPAVI's output projection starts at zero, so at step 0
-    the audio cannot matter), one Adam step on the CE of ``CAVSProblem.loss`` makes the
-    eval-mode outputs depend on the audio and gives the audio encoder a non-zero gradient:
-    the audio path is wired into the loss, not cut by a stop_gradient or a dropped input."""
+class _EchoAudio:
+    """A stand-in model whose "logits" are the audio it is fed."""
+
+    num_classes = 2
+
+    def apply(self, variables, frames, audio, frame_mask, *, train):
+        return audio, {}
+
+
+def test_dropped_audio_is_the_log_mel_of_silence():
+    """``CAVSProblem.apply(..., drop={"audio"})`` (CMR's visual twin and its "zero_audio"
+    learner) feeds log(0.01), the VGGish log-mel of silence, not zeros; without ``drop`` the
+    clip's own audio."""
+    problem = CAVSProblem(_EchoAudio())
+    frames, audio, mask = _inputs(n=1, h=32, w=32)
+    batch = {"frames": frames, "audio": audio, "frame_mask": mask}
+    fed = lambda drop: problem.apply({}, batch, train=False, drop=drop)[0].logits
+    chex.assert_trees_all_equal(fed(frozenset({"audio"})),
+                                jnp.full(audio.shape, np.log(np.float32(0.01))))
+    chex.assert_trees_all_equal(fed(frozenset()), audio)
+
+
+@pytest.fixture(scope="module")
+def initialised():
+    """The small model's real initial variables (TPAVI gate 0, AVSBench's), the CE gradient
+    function on a labelled 2-clip 32x32 batch, and the eval-mode logits of the batch and of
+    the batch with the clips' audio swapped, as a function of the parameters."""
     problem = CAVSProblem(build_model(small_config()))
     frames, audio, mask = _inputs(n=2, t=T, h=32, w=32)
     batch = {"frames": frames, "audio": audio, "frame_mask": mask,
@@ -228,15 +252,64 @@ def test_assembled_model_depends_on_its_audio_after_one_optimizer_step():
         outputs, _ = problem.apply({**variables, "params": params}, batch, train=True)
         return problem.loss(outputs, batch, classes)
 
-    grad = jax.jit(jax.grad(loss))
+    other = {**batch, "audio": batch["audio"][::-1]}  # the two clips swap their audio
+
+    def logits(params):
+        return [problem.apply({**variables, "params": params}, b, train=False)[0].logits
+                for b in (batch, other)]
+
+    return variables, jax.jit(jax.grad(loss)), logits
+
+
+def _audio_effects(grad, logits, params) -> tuple[float, float]:
+    """(max |logit change| when the clips swap their audio, squared norm of the audio
+    encoder's CE gradient) at ``params``."""
+    swapped = logits(params)
+    audio_grads = jax.tree.leaves(grad(params)["audio_encoder"])
+    return (float(jnp.max(jnp.abs(swapped[0] - swapped[1]))),
+            sum(float(jnp.sum(jnp.square(g))) for g in audio_grads))
+
+
+def test_assembled_model_depends_on_its_audio_after_one_optimizer_step(initialised):
+    """From the real initialisation (TPAVI's output projection starts at zero, so at step 0
+    the audio cannot matter), one Adam step on the CE of ``CAVSProblem.loss`` makes the
+    eval-mode outputs depend on the audio and gives the audio encoder a non-zero gradient:
+    the audio path is wired into the loss, not cut by a stop_gradient or a dropped input."""
+    variables, grad, logits = initialised
     tx = optax.adam(1e-2)
     params = variables["params"]
     updates, _ = tx.update(grad(params), tx.init(params), params)
-    params = optax.apply_updates(params, updates)
+    change, audio_grad = _audio_effects(grad, logits, optax.apply_updates(params, updates))
+    assert change > 1e-4 and audio_grad > 0.0
 
-    other = {**batch, "audio": batch["audio"][::-1]}  # the two clips swap their audio
-    logits = [problem.apply({**variables, "params": params}, b, train=False)[0].logits
-              for b in (batch, other)]
-    assert float(jnp.max(jnp.abs(logits[0] - logits[1]))) > 1e-4
-    audio_grads = jax.tree.leaves(grad(params)["audio_encoder"])
-    assert sum(float(jnp.sum(jnp.square(g))) for g in audio_grads) > 0.0
+
+@pytest.mark.parametrize("gate_init", [0.0, 0.1])
+def test_tpavi_gate_init_decides_whether_the_audio_matters_at_init(initialised, gate_init):
+    """``model.tpavi_gate_init`` reaches every TPAVI block, whose output BatchNorm then starts
+    at scale = gate_init (``test_tpavi``; nothing random depends on it, so the model's initial
+    variables are the default ones with those scales): at 0 (AVSBench) the initial logits
+    ignore the audio exactly and the audio encoder's gradient is exactly zero; at 0.1 the
+    logits change with the audio and the audio encoder gets a gradient."""
+    cfg = small_config()
+    cfg.tpavi_gate_init = gate_init
+    gates = []
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, TPAVI) and context.method_name == "__call__":
+            gates.append(context.module.gate_init)
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(functools.partial(build_model(cfg).init, train=False),
+                       jax.random.PRNGKey(0), *_inputs(n=1, h=32, w=32))
+    assert gates == [gate_init] * 4
+    variables, grad, logits = initialised
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, p: jnp.full_like(p, gate_init)
+        if jax.tree_util.keystr(path).endswith("['W_z_1']['scale']") else p,
+        variables["params"])
+    change, audio_grad = _audio_effects(grad, logits, params)
+    if gate_init:
+        assert change > 1e-4 and audio_grad > 0.0
+    else:
+        assert change == 0.0 and audio_grad == 0.0

@@ -124,6 +124,17 @@ class TPAVITest(chex.TestCase, parameterized.TestCase):
         expected = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + EPS)
         chex.assert_trees_all_close(out, expected.astype(np.float32), **TOL)
 
+    @parameterized.parameters(0.0, 0.1)
+    def test_gate_init_is_the_initial_batchnorm_scale(self, gate_init):
+        """``gate_init`` sets W_z's BatchNorm scale γ (bias β stays 0) and changes no other
+        initial variable."""
+        key, inputs = jax.random.PRNGKey(1), (self.x, self.audio)
+        gated = TPAVI(inter_channels=INTER, group_size=GROUP, gate_init=gate_init).init(
+            key, *inputs, train=False)
+        default = unfreeze(self.module.init(key, *inputs, train=False))
+        default["params"]["W_z_1"]["scale"] = jnp.full((C,), gate_init, jnp.float32)
+        chex.assert_trees_all_equal(unfreeze(gated), default)
+
     def test_groups_are_independent(self):
         """Changing frames 5..9 (second group) leaves frames 0..4 untouched (AVSBench T=5 quirk)."""
         out, _ = self.module.apply(self.variables, self.x, self.audio, train=False)

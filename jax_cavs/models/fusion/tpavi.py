@@ -12,6 +12,7 @@ P = T·H·W:
     f̃_pq = θ_p·φ_q / P                    'dot' mode: divide by the number of positions, no softmax
     y_p  = Σ_q f̃_pq g_q
     z    = BN(Conv1x1_W(y)) + x           BN γ = β = 0 at init, so z = x at init
+                                          (γ = ``gate_init`` when that is set, see below)
     out  = LayerNorm_C(z)                 over channels at each position, eps 1e-5
 
 Factorisation. Â is constant over (h, w) within a frame, hence so is φ: φ_q = φ_{t(q)} with
@@ -29,6 +30,13 @@ channel axis only and are written as ``nn.Dense``. Submodule names follow the Py
 ``W_z`` Sequential, ``norm_layer``).
 
 The aligned audio A ([N, T, C]) is also returned: AVSBench's ``a_fea`` used by the AVM loss.
+
+The gate. With γ = 0 the output does not depend on the audio at initialisation, so the audio
+encoder, φ, θ, g and W_z get exactly zero gradient until γ itself has moved (its gradient is
+the only non-zero one on the audio path). AVSBench can afford that: its encoders are
+pretrained and only the fusion is learnt. ``gate_init`` > 0 (a small value such as 0.1) starts
+the audio path open for a model whose encoders train from scratch; β stays 0 (a bias carries
+no audio). The default 0 is the official initialisation.
 """
 
 from __future__ import annotations
@@ -54,10 +62,12 @@ class TPAVI(nn.Module):
     Attributes:
         inter_channels: I, the width of θ, φ and g (128 in AVSBench = C / 2).
         group_size: frames per independent attention group (5 in AVSBench).
+        gate_init: initial scale γ of the output BatchNorm (0 in AVSBench; module doc).
         dtype: compute dtype (parameters stay float32).
     """
     inter_channels: int = 128
     group_size: int = 5
+    gate_init: float = 0.0
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -96,7 +106,8 @@ class TPAVI(nn.Module):
 
         w_y = _torch_dense(c, self.inter_channels, "W_z_0", self.dtype)(y)
         w_y = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                           scale_init=nn.initializers.zeros, bias_init=nn.initializers.zeros,
+                           scale_init=nn.initializers.constant(self.gate_init),
+                           bias_init=nn.initializers.zeros,
                            use_fast_variance=False, dtype=self.dtype, name="W_z_1")(w_y)
         z = nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=self.dtype,
                          name="norm_layer")(w_y + x_grouped)

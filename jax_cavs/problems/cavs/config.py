@@ -67,6 +67,10 @@ def base_config(strategy: str, args: ml_collections.ConfigDict) -> ml_collection
         tpavi_stages=(0, 1, 2, 3),
         tpavi_inter_channels=16,
         tpavi_group=5,
+        # TPAVI's output BatchNorm scale at init: 0 (AVSBench's) gives the audio path no
+        # gradient at the start; model_init never loads TPAVI, so this is its start in every
+        # run, pretrained encoders or not. 0.1 opens it (models/fusion/tpavi.py).
+        tpavi_gate_init=0.0,
         audio_width=0.125,         # 0.25 costs 40% more per step for no gain on SynthAVS
         freeze_audio=False,        # VGGish is frozen only when pretrained weights are loaded
         dtype="float32",           # compute dtype; "bfloat16": mixed precision (params,

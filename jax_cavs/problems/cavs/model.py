@@ -53,6 +53,9 @@ class AVSModel(nn.Module):
         tpavi_stages: the stages (0..3) that get a TPAVI block; () disables fusion.
         tpavi_inter_channels: I, TPAVI's θ/φ/g width (128).
         tpavi_group: frames per TPAVI attention group (5).
+        tpavi_gate_init: initial scale of TPAVI's output BatchNorm (``fusion.tpavi`` doc): 0,
+            AVSBench's, leaves the audio path without gradient at initialisation; a small
+            value (0.1) opens it for encoders trained from scratch.
         audio_width: multiplier on VGGish's conv channels and hidden FC sizes.
         freeze_audio: stop gradients at the VGGish output (AVSBench keeps it frozen).
         dtype: compute dtype (params stay float32).
@@ -66,6 +69,7 @@ class AVSModel(nn.Module):
     tpavi_stages: Sequence[int] = (0, 1, 2, 3)
     tpavi_inter_channels: int = 128
     tpavi_group: int = 5
+    tpavi_gate_init: float = 0.0
     audio_width: float = 1.0
     freeze_audio: bool = True
     dtype: Any = jnp.float32
@@ -113,7 +117,8 @@ class AVSModel(nn.Module):
             a = None
             if stage in self.tpavi_stages:
                 f, a = TPAVI(inter_channels=self.tpavi_inter_channels,
-                             group_size=self.tpavi_group, dtype=self.dtype,
+                             group_size=self.tpavi_group, gate_init=self.tpavi_gate_init,
+                             dtype=self.dtype,
                              name=f"tpavi_{stage}")(
                                  f.reshape(n, t, *f.shape[1:]),
                                  audio_embedding.reshape(n, t, -1), train=train)
@@ -163,7 +168,7 @@ class AVSModel(nn.Module):
 # The fields of AVSModel; ``build_model`` accepts exactly these (num_classes required).
 MODEL_CONFIG_FIELDS = ("num_classes", "backbone_depth", "backbone_width", "neck_channels",
                        "neck_dilations", "tpavi_stages", "tpavi_inter_channels", "tpavi_group",
-                       "audio_width", "freeze_audio", "dtype", "remat_backbone")
+                       "tpavi_gate_init", "audio_width", "freeze_audio", "dtype", "remat_backbone")
 _SEQUENCE_FIELDS = ("neck_dilations", "tpavi_stages")
 
 
