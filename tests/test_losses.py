@@ -14,11 +14,17 @@ import functools
 import chex
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl.testing import absltest
+from flax import linen as nn
 
 from jax_cavs.cl import distillation
 from jax_cavs.cl import reduce
+from jax_cavs.cl.strategies.finetune import Finetune
+from jax_cavs.core import optim, steps
+from jax_cavs.core.state import create_state
+from jax_cavs.problems.cavs.problem import CAVSProblem
 from jax_cavs.problems.cavs.losses import segmentation
 
 RTOL, ATOL = 1e-5, 1e-6
@@ -278,6 +284,66 @@ class DistillationTest(chex.TestCase):
         p_new = jax.nn.softmax(jnp.where(SEEN, features @ new_kernel + new_bias, -jnp.inf))
         chex.assert_trees_all_close(p_new[:, 0] + p_new[:, 3] + p_new[:, 4], p_old[:, 0],
                                     rtol=RTOL)
+
+
+class _TinyAVS(nn.Module):
+    """A CAVS-shaped stand-in for ``AVSModel`` (its call, logits and the features AVM reads):
+    per-pixel logits from the frames, "neck" maps at three scales, TPAVI's aligned audio at
+    stages 0 and 2 (stage 1 has no TPAVI: None), one BatchNorm (train-mode statistics)."""
+
+    num_classes: int = 3
+    freeze_audio: bool = False
+
+    @nn.compact
+    def __call__(self, frames, audio, frame_mask, *, train):
+        n, t, h, w, _ = frames.shape
+        x = nn.BatchNorm(use_running_average=not train)(frames.reshape(n * t, h, w, 3))
+        sound = audio.reshape(n * t, -1)
+        neck = tuple(nn.Dense(4)(x[:, ::s, ::s]) for s in (1, 2, 4))
+        aligned = (nn.Dense(4)(sound), None, nn.Dense(4)(sound))
+        logits = nn.Dense(self.num_classes)(x).reshape(n, t, h, w, self.num_classes)
+        return logits, {"neck": neck, "aligned_audio": aligned}
+
+
+def test_avm_weight_adds_weighted_avm_to_the_training_loss():
+    """``loss.avm_weight`` = λ: the train step's loss is CE + λ·AVM (fine-tuning, no
+    penalty), with CE transcribed in numpy (mean over the annotated frames' pixels) and AVM
+    from ``avm_kl_loss`` on the same train-mode forward's TPAVI stages; λ = 0 (the default)
+    and dropped audio (CMR's twin) add nothing."""
+    rng = np.random.default_rng(17)
+    n, t, size = 2, 2, 8
+    batch = {"frames": jnp.asarray(rng.normal(size=(n, t, size, size, 3)), jnp.float32),
+             "audio": jnp.asarray(rng.normal(size=(n, t, 96, 64)), jnp.float32),
+             "frame_mask": jnp.ones((n, t)), "label_mask": jnp.asarray([[1, 0], [1, 1]],
+                                                                      jnp.float32),
+             "valid": jnp.ones((n,)),
+             "labels": jnp.asarray(rng.integers(0, 3, (n, t, size, size)), jnp.int32)}
+    model, seen = _TinyAVS(), jnp.ones((3,), bool)
+    variables = model.init(jax.random.key(0), batch["frames"], batch["audio"],
+                           batch["frame_mask"], train=False)
+    (logits, features), _ = model.apply(variables, batch["frames"], batch["audio"],
+                                        batch["frame_mask"], train=True,
+                                        mutable=["batch_stats"])
+    log_probs = _log_softmax(np.asarray(logits, np.float64), axis=-1)
+    picked = np.take_along_axis(log_probs, np.asarray(batch["labels"])[..., None], -1)[..., 0]
+    annotated = np.asarray(batch["label_mask"], bool)
+    ce = -picked[annotated].mean()
+    avm = segmentation.avm_kl_loss(
+        logits.reshape(n * t, size, size, 3), [features["aligned_audio"][i] for i in (0, 2)],
+        [features["neck"][i] for i in (0, 2)], batch["label_mask"].reshape(-1), seen)
+
+    problem = CAVSProblem(model, avm_weight=0.5)
+    tx = optim.build_optimizer(ml_collections.ConfigDict(dict(
+        name="adam", lr=1e-3, weight_decay=0.0, grad_clip=0.0)), ())
+    state = create_state(variables, tx, 3, 0, False, {}).replace(seen=seen)
+    step = jax.jit(steps.make_train_step(problem, Finetune(problem=problem)))
+    _, metrics = step(state, batch, jax.random.key(0))
+    chex.assert_trees_all_close(metrics["avm"], 0.5 * avm, rtol=RTOL)
+    chex.assert_trees_all_close(metrics["loss"], np.float32(ce + 0.5 * float(avm)), rtol=RTOL)
+    assert float(avm) > 0.0
+    outputs, _ = problem.apply(variables, batch, train=True)
+    assert CAVSProblem(model).loss_terms(outputs, batch, seen) == {}
+    assert problem.loss_terms(outputs, batch, seen, drop=frozenset({"audio"})) == {}
 
 
 if __name__ == "__main__":

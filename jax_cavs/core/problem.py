@@ -121,6 +121,10 @@ class Problem(Protocol):
         """The problem's supervised loss (float32 scalar) over the live ``classes`` (bool
         [K]): the softmax runs over them only; ``labels`` default to ``batch``'s."""
 
+    # Optional: ``loss_terms(outputs, batch, classes, *, drop) -> {name: weighted scalar}``,
+    # terms the problem adds to every strategy's training loss (``core.steps``; CAVS: the
+    # AVM audio / visual matching term), {} for none; ``drop`` as in ``apply``.
+
     def weights(self, batch: Batch, *, labelled: bool = True) -> jnp.ndarray:
         """Per-element weights broadcastable to ``logits[..., 0]``: 1 on real samples;
         ``labelled`` also weighs out elements without ground truth. Distillation needs no

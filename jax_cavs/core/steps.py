@@ -14,7 +14,9 @@ their gradients XLA drops the backward pass through them (CAVS: the frozen VGGis
 paper-size model's parameters), so ``grads`` holds exact zeros there. It never syncs with
 the host; metrics stay on device.
 ``drop`` trains a model that does without some modalities (CMR's visual-only twin drops the
-audio, ``core.problem.MODALITIES``); its teacher is fed the same input.
+audio, ``core.problem.MODALITIES``); its teacher is fed the same input. A problem with
+``loss_terms`` (``core.problem.Problem``, optional) adds its own weighted terms to every
+strategy's loss (CAVS: AVSBench's AVM term); they are logged beside the strategy's.
 
 ``make_eval_step(problem)`` returns ``(params, batch_stats, seen, batch, stats) -> stats``,
 the problem's evaluator update over one batch.
@@ -44,6 +46,7 @@ def make_train_step(problem: Problem, strategy: Strategy, *, drop: frozenset[str
     """Builds the pure train step for ``problem`` and ``strategy`` (jit it with donation)."""
 
     head = tuple(problem.param_roles().get("classifier", ()))
+    problem_terms = getattr(problem, "loss_terms", None)  # optional in the protocol
     frozen = tuple(problem.param_roles().get("frozen", ()))
 
     def as_constants_where_frozen(params):
@@ -81,6 +84,9 @@ def make_train_step(problem: Problem, strategy: Strategy, *, drop: frozenset[str
             student, batch_stats = problem.apply(variables(params, state.batch_stats), batch,
                                                  train=True, drop=drop)
             loss, terms = strategy.loss(state, batch, student, teacher, rng)
+            extra = problem_terms(student, batch, state.seen, drop=drop) if problem_terms else {}
+            if extra:
+                loss, terms = loss + sum(extra.values()), {**terms, **extra}
             penalty = strategy.penalty(params, state)
             return loss + penalty, (terms, penalty, batch_stats)
 

@@ -78,6 +78,10 @@ def base_config(strategy: str, args: ml_collections.ConfigDict) -> ml_collection
         remat_backbone=False,      # recompute backbone activations in the backward pass
     ))
     config.strategy = ml_collections.ConfigDict(dict(name=strategy))
+    config.loss = ml_collections.ConfigDict(dict(
+        avm_weight=0.0,            # λ of AVSBench's AVM audio / visual matching term added to
+                                   # every method's loss (AVSBench: 0.5); 0: off
+    ))
     config.optimizer = ml_collections.ConfigDict(dict(
         name="adam",
         lr=1e-3,                   # first task

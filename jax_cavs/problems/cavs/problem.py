@@ -11,7 +11,9 @@ with a shared background (spec_cavs §1-§3).
   ``"zero_audio"`` learner, are the same network;
 * loss: per-pixel CE over the live classes, mean over the pixels of annotated frames of real
   clips (MiB/PLOP's ``.mean()``); distillation weighs every real frame (``labelled=False``:
-  AVSBench v1s annotates frame 0 only, but the teacher sees all five);
+  AVSBench v1s annotates frame 0 only, but the teacher sees all five); with
+  ``loss.avm_weight`` = λ > 0 every strategy's loss gains λ·AVM (``loss_terms``, AVSBench's
+  λ = 0.5; default 0, off);
 * evaluator: one confusion matrix over the whole test set, IoU per class, means over the
   classes present in the ground truth (MiB/PLOP); ``old`` / ``new`` / ``all`` as the CMR
   tables (``evaluator``).
@@ -80,6 +82,7 @@ class CAVSProblem:
     model: model_lib.AVSModel
     config: ml_collections.ConfigDict | None = None
     dataset: sources.Dataset | None = None
+    avm_weight: float = 0.0  # λ of ``loss_terms`` (``config.loss.avm_weight``)
 
     name = "cavs"
     has_background = True
@@ -90,7 +93,10 @@ class CAVSProblem:
             config.dataset.name, config.dataset.config, config.dataset.data_dir))
         model = model_lib.build_model(ml_collections.ConfigDict(
             {**config.model.to_dict(), "num_classes": dataset.num_classes}))
-        return cls(model, config, dataset)
+        if config.loss.avm_weight and not model.tpavi_stages:
+            raise ValueError("config field loss.avm_weight > 0 needs TPAVI stages (AVM "
+                             "matches TPAVI's aligned audio); model.tpavi_stages is empty.")
+        return cls(model, config, dataset, avm_weight=float(config.loss.avm_weight))
 
     def __post_init__(self):
         self.evaluator = SegmentationEvaluator(self.num_classes)
@@ -172,6 +178,21 @@ class CAVSProblem:
         labels = batch["labels"] if labels is None else labels
         ce = segmentation.masked_cross_entropy(outputs.logits, labels, classes)
         return reduce.masked_mean(ce, self.weights(batch))
+
+    def loss_terms(self, outputs, batch, classes, *, drop=frozenset()) -> dict[str, jnp.ndarray]:
+        """{"avm": λ·AVM}: AVSBench's audio / masked-visual matching over the TPAVI stages and
+        the annotated frames of real clips (``segmentation.avm_kl_loss``), added to every
+        strategy's loss by the train step; {} when off (λ = 0) or without audio (CMR's twin:
+        silence has nothing to match)."""
+        if not self.avm_weight or "audio" in drop:
+            return {}
+        features, logits = outputs.features, outputs.logits
+        stages = [i for i, a in enumerate(features["aligned_audio"]) if a is not None]
+        avm = segmentation.avm_kl_loss(
+            logits.reshape(-1, *logits.shape[2:]),
+            [features["aligned_audio"][i] for i in stages], [features["neck"][i] for i in stages],
+            self.weights(batch).reshape(-1), classes)
+        return {"avm": self.avm_weight * avm}
 
     def class_statistics(self, outputs, batch) -> dict[str, jnp.ndarray]:
         """Replay selection's per-clip class presence and features (``class_features``)."""
