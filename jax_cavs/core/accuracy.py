@@ -76,13 +76,15 @@ def summarize(accuracy_matrix) -> dict[str, float]:
 
 def metrics_document(method: str, problem: str, headline: str, scenario: dict, tasks: list,
                      matrix: Sequence[Sequence[float | None]],
-                     problem_summary: dict | None = None) -> dict:
+                     problem_summary: dict | None = None, latest: dict | None = None) -> dict:
     """``metrics.json``: the run's description, one record per finished task, the accuracy
     matrix (undefined entries ``null``) and, once it is square, its ``summarize`` followed by
-    the problem's own summary entries (``Evaluator.summary``)."""
+    the problem's own summary entries (``Evaluator.summary``); ``latest``: entries of the
+    latest task shown at the top level too (the problem's probes, ``Problem.probe_scores``)."""
     matrix = [list(row) for row in matrix]
     document = {"method": method, "problem": problem, "headline": headline,
-                "scenario": scenario, "tasks": tasks, "accuracy_matrix": matrix}
+                "scenario": scenario, "tasks": tasks, "accuracy_matrix": matrix,
+                **(latest or {})}
     if matrix and len(matrix) == len(matrix[0]):
         document["summary"] = {**summarize(np.asarray(matrix)), **(problem_summary or {})}
     return document

@@ -137,16 +137,18 @@ class Experiment:
                         current=sc.current_mask(t), old=sc.old_mask(t), seen=sc.seen_mask(t),
                         label_policy=sc.tasks[t].label_policy)
 
-    def batches(self, indices, mask: np.ndarray, split: str = "train", whole: bool = False):
+    def batches(self, indices, mask: np.ndarray, split: str = "train", whole: bool = False,
+                **options):
         """Eval-mode batches over ``indices`` of ``split``, labels restricted to ``mask``:
         this process's slice of every batch, or with ``whole`` every batch on every process
-        (host passes whose results every process needs, ``parallel`` module doc)."""
+        (host passes whose results every process needs, ``parallel`` module doc); ``options``
+        go to ``Problem.eval_batches``."""
         shard_index, shard_count = (0, 1) if whole else (jax.process_index(),
                                                          jax.process_count())
         return self.problem.eval_batches(
             split, indices, mask, batch_size=self.config.train.eval_batch_size,
             worker_count=self.config.train.worker_count, shard_index=shard_index,
-            shard_count=shard_count)
+            shard_count=shard_count, **options)
 
     def task_context(self, t: int) -> TaskContext:
         info = self.task_info(t)
@@ -177,15 +179,15 @@ class Experiment:
 
     # -- evaluation ---------------------------------------------------------------------
     def evaluate(self, state: ContinualState, t: int, split: str = "test",
-                 indices: np.ndarray | None = None) -> dict[str, Any]:
+                 indices: np.ndarray | None = None, **options) -> dict[str, Any]:
         """The problem's evaluator over ``indices`` of ``split`` (default: the test records),
-        every class seen so far live."""
+        every class seen so far live, on batches built with ``options`` (``batches``)."""
         seen = self.scenario.seen_mask(t)
         indices = self.scenario.test_indices if indices is None else indices
         num = -(-len(indices) // self.config.train.eval_batch_size)
         stats = jax.device_put(self.problem.evaluator.init(), parallel.replicated(self.mesh))
         label = progress.task_label(t, self.scenario.num_tasks)
-        for batch in tqdm(self.batches(indices, seen, split=split), total=num,
+        for batch in tqdm(self.batches(indices, seen, split=split, **options), total=num,
                           desc=f"{label} {'eval' if split == 'test' else split}", leave=False):
             stats = self._eval_step(state.params, state.batch_stats, jnp.asarray(seen),
                                     self.device_batch(batch), stats)
@@ -258,7 +260,8 @@ class Experiment:
         state = self.place(self.strategy.end_task(state, ctx))
         self.timings.enter("eval")
         scores = self.evaluate(state, t)
-        meta["tasks"].append(self.task_record(t, scores, meta))
+        meta["probes"] = outputs.probe_scores(self, state, t, scores)
+        meta["tasks"].append({**self.task_record(t, scores, meta), **meta["probes"]})
         meta["accuracy_matrix"].append(scores["groups"])
         meta.update(task=t + 1, phase="start", step=0, aux=[], aux_done=[])
         meta.pop("validation", None), meta.pop("eval_points", None)
@@ -385,7 +388,8 @@ class Experiment:
         return accuracy.metrics_document(
             self.strategy.name, self.problem.name, self.problem.evaluator.headline,
             self.scenario.describe(), meta["tasks"], meta["accuracy_matrix"],
-            self.problem.evaluator.summary(meta["tasks"]) if meta["tasks"] else {})
+            self.problem.evaluator.summary(meta["tasks"]) if meta["tasks"] else {},
+            meta.get("probes"))
 
     def write_metrics(self, meta: dict[str, Any]) -> dict[str, Any]:
         metrics = self.metrics(meta)

@@ -1,6 +1,6 @@
 """What the loop writes for a person after each task, and what it shows for a finished run.
 
-After task t: ``metrics.json``, the headline scores in TensorBoard (at the global optimiser
+After task t: the problem's probes (``probe_scores``), ``metrics.json``, the headline scores in TensorBoard (at the global optimiser
 step, the training scalars' axis), ``timings.json`` (``{"<t>": {"train": s, "end_task": s,
 "eval": s, "total": s}}``, ``progress.Timings``) and the report (``core.report`` with the
 problem's panels). A rerun on a finished workdir reads ``metrics.json`` and writes nothing.
@@ -15,6 +15,17 @@ import jax
 
 from jax_cavs.core import jsonio, progress, report
 from jax_cavs.core.state import ContinualState
+
+
+def probe_scores(experiment, state: ContinualState, t: int, scores: dict[str, Any]
+                 ) -> dict[str, Any]:
+    """The problem's probes of the learner after task ``t`` (``Problem.probe_scores``,
+    optional; {} without), on the compiled evaluation of ``experiment.evaluate``."""
+    probe = getattr(experiment.problem, "probe_scores", None)
+    if probe is None:
+        return {}
+    return probe(lambda indices=None, **options: experiment.evaluate(
+        state, t, indices=indices, **options), experiment.scenario, t, scores)
 
 
 def report_inputs(experiment, state: ContinualState, t: int) -> dict[str, Any]:

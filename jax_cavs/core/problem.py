@@ -153,6 +153,15 @@ class Problem(Protocol):
 
     def eval_batches(self, split: str, indices: Sequence[int], classes: Any, *,
                      batch_size: int, worker_count: int, shard_index: int,
-                     shard_count: int) -> Iterator[Batch]:
+                     shard_count: int, **options) -> Iterator[Batch]:
         """Eval-mode batches of ``split`` in order, labels restricted to ``classes``, the last
-        batch padded with ``valid = 0`` clips."""
+        batch padded with ``valid = 0`` clips. ``options``: the problem's own variants of the
+        inputs (CAVS: another clip's audio), which the core passes through for its probes."""
+
+    # Optional: ``probe_scores(evaluate, scenario, t, scores) -> {name: value}``, scores of
+    # the learner after task ``t`` beyond the evaluator's (CAVS: how much its predictions
+    # depend on the audio), written in metrics.json's ``tasks[t]`` and, for the latest
+    # task, at its top level (``core.outputs.probe_scores``). ``evaluate(indices=None,
+    # **options)`` runs the compiled evaluation over test records ``indices`` (default: the
+    # scenario's) built with ``eval_batches(..., **options)`` and returns
+    # ``Evaluator.finalize``'s result; ``scores`` is that of the task's own evaluation.

@@ -104,6 +104,12 @@ def base_config(strategy: str, args: ml_collections.ConfigDict) -> ml_collection
                                    # the best epoch ends the task (0: off, the last epoch)
         select_metric="miou.all",  # the validation score that picks it (core.validation)
     ))
+    config.eval = ml_collections.ConfigDict(dict(
+        # After every task, the test mIoU with silence and with another clip's audio beside
+        # the true one (metrics.json's audio_dependence, problems/cavs/audio_dependence.py):
+        # two more passes over the test set and three over its distractor clips.
+        audio_dependence=True,
+    ))
     config.parallel = ml_collections.ConfigDict(dict(
         data=-1,                   # devices on the data axis (-1: all that fsdp leaves)
         fsdp=1,                    # devices each large parameter is split over

@@ -16,12 +16,16 @@ with a shared background (spec_cavs §1-§3).
   λ = 0.5; default 0, off);
 * evaluator: one confusion matrix over the whole test set, IoU per class, means over the
   classes present in the ground truth (MiB/PLOP); ``old`` / ``new`` / ``all`` as the CMR
-  tables (``evaluator``).
+  tables (``evaluator``);
+* probe: after every task, the test mIoU with the true audio, with silence and with another
+  clip's, on the whole test set and on the clips with a silent look-alike distractor
+  (``audio_dependence``; ``config.eval.audio_dependence``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any
 
@@ -38,7 +42,7 @@ from jax_cavs.data import audio as audio_lib
 from jax_cavs.data import sources
 from jax_cavs.models import weights as weights_lib
 from jax_cavs.models.audio.vggish import VGGISH_NUM_BANDS, VGGISH_NUM_FRAMES
-from jax_cavs.problems.cavs import class_features
+from jax_cavs.problems.cavs import audio_dependence, class_features
 from jax_cavs.problems.cavs import model as model_lib
 from jax_cavs.problems.cavs import overlays, report, scenarios, streams
 from jax_cavs.problems.cavs.evaluator import SegmentationEvaluator, mask_unseen
@@ -224,11 +228,29 @@ class CAVSProblem:
             shard_count=shard_count)
 
     def eval_batches(self, split, indices, classes, *, batch_size, worker_count,
-                     shard_index, shard_count):
+                     shard_index, shard_count, audio=streams.OWN_AUDIO):
+        """``streams.eval_batches``; ``audio`` another clip's or silence (the probes)."""
         return streams.eval_batches(
             self.dataset.sources[split], indices, seen_mask=np.asarray(classes),
             batch_size=batch_size, image_size=self.image_size, worker_count=worker_count,
-            shard_index=shard_index, shard_count=shard_count)
+            shard_index=shard_index, shard_count=shard_count, audio=audio)
+
+    @functools.cached_property
+    def _distractor_clips(self) -> frozenset[int]:
+        """Test records with a silent look-alike distractor (read once per run)."""
+        source = self.dataset.sources["test"]
+        return frozenset(audio_dependence.silent_lookalike_clips(
+            source, range(len(source)), self.dataset.metadata.get("lookalike_pairs", ())))
+
+    def probe_scores(self, evaluate, scenario, t, scores) -> dict[str, Any]:
+        """``{"audio_dependence": ...}`` after task ``t`` (``audio_dependence.measure``);
+        {} with ``config.eval.audio_dependence`` off."""
+        if not self.config.eval.audio_dependence:
+            return {}
+        indices = [int(i) for i in scenario.test_indices]
+        distractors = [i for i in indices if i in self._distractor_clips]
+        return {"audio_dependence": audio_dependence.measure(evaluate, indices, distractors,
+                                                             scores)}
 
     # -- report ---------------------------------------------------------------------------
     def report_inputs(self, forward, state, scenario, t, batches) -> dict[str, Any]:

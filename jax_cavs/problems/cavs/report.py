@@ -20,6 +20,9 @@ Inputs beside the generic ones:
   a list of qualitative examples, each ``{"frame": uint8 [H, W, 3], "label": int [H, W],
   "pred": int [H, W], "title": str}`` (label/pred in 0..K-1, 255 = ignore).
 
+Sections it adds: the audio-dependence table (metrics.json's ``tasks[t].audio_dependence``,
+when the run measured it) and the top collision pairs.
+
 Files it adds to a report (optional ones only when their input exists): ``per_class_iou.png``,
 ``overlays.png``, ``collisions_<t>.png``, ``mss_scores_<t>.png``, and the persisted inputs
 ``class_names.json`` and ``overlays.npz``. File names keep the 0-based task index of
@@ -42,6 +45,7 @@ from matplotlib.ticker import MaxNLocator
 from jax_cavs.core import report
 from jax_cavs.core.report import (GROUP_COLOURS, bar_width, figure, group_colour,
                                   legend_outside, read_json)
+from jax_cavs.problems.cavs.audio_dependence import VARIANTS
 
 OVERLAY_ALPHA = 0.5
 
@@ -242,6 +246,26 @@ def collision_sections(collisions: Mapping[int, Mapping[str, Any]],
     return parts
 
 
+def audio_dependence_section(metrics: Mapping[str, Any]) -> list[str]:
+    """html table of every task's ``audio_dependence`` (``audio_dependence`` module doc):
+    test mIoU (%) with the true audio, silence and another clip's audio, on all test clips and
+    on those with a silent look-alike distractor; [] for a run without the probe."""
+    rows = []
+    for row in metrics["tasks"]:
+        probe = row.get("audio_dependence")
+        if probe:
+            subset = probe["distractor_clips"]
+            rows.append((row["task"] + 1, *(report.cell(probe[k]) for k in VARIANTS),
+                         *(report.cell(subset[k]) for k in VARIANTS), subset["num_clips"]))
+    if not rows:
+        return []
+    header = ("after task", *(f"{clips}: {audio}" for clips in ("all clips", "distractor clips")
+                              for audio in ("true audio", "silence", "other clip's audio")),
+              "distractor clips")
+    return ["<h2>Audio dependence: test mIoU (%) by the audio fed</h2>",
+            report.table(header, rows)]
+
+
 class CAVSPanels:
     """``core.report.Panels`` of a CAVS workdir (module doc); ``class_names`` / ``overlays``
     default to the ones the previous report saved (``overlays=[]`` drops them)."""
@@ -276,7 +300,8 @@ class CAVSPanels:
         return figures
 
     def sections(self, metrics) -> list[str]:
-        return collision_sections(self.collisions, self.name)
+        return audio_dependence_section(metrics) + collision_sections(self.collisions,
+                                                                      self.name)
 
     def persist(self, directory: str) -> None:
         if self.class_names is not None:

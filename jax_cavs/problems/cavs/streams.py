@@ -14,6 +14,10 @@ VGGish log-mel, labels remapped):
 * evaluation keeps the seen classes, unseen ones become background (PLOP convention);
 * frames that are not annotated get the ignore label 255 everywhere.
 
+Evaluation batches can also carry other audio than the clip's own (``eval_batches``'s
+``audio``; the audio-dependence probe, ``audio_dependence``): the log-mel of silence, or the
+audio of another record.
+
 The iterators are grain ``DatasetIterator``s whose ``get_state``/``set_state`` make a resumed run
 see exactly the batches it would have seen. Worker processes are optional
 (``worker_count``); per-process sharding (``shard_index``/``shard_count``) splits every global
@@ -22,7 +26,7 @@ batch between JAX processes.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import grain
 import numpy as np
@@ -42,19 +46,35 @@ def label_lut(keep: np.ndarray) -> np.ndarray:
     return lut
 
 
+OWN_AUDIO, SILENCE = "own", "silence"
+
+
 class DecodeClip(grain.transforms.Map):
     """``(record_index, is_memory, valid)`` -> one clip dict (label rules: module docstring).
 
-    ``valid`` is 0 for the padding clips that complete the last evaluation batch.
+    ``valid`` is 0 for the padding clips that complete the last evaluation batch. ``audio``:
+    ``OWN_AUDIO`` (the record's), ``SILENCE`` (``audio.silent_log_mel``) or a mapping
+    {record index: the record index whose audio it gets}.
     """
 
     def __init__(self, source, image_size: int, train: bool, lut: np.ndarray,
-                 memory_lut: np.ndarray):
+                 memory_lut: np.ndarray, audio: str | Mapping[int, int] = OWN_AUDIO):
+        if isinstance(audio, str) and audio not in (OWN_AUDIO, SILENCE):
+            raise ValueError(f"DecodeClip: audio must be {OWN_AUDIO!r}, {SILENCE!r} or a "
+                             f"mapping of record indices, got {audio!r}.")
         self._source = source
         self._image_size = image_size
         self._train = train
         self._lut = lut
         self._memory_lut = memory_lut
+        self._audio = audio
+
+    def _log_mel(self, index: int, record, num_frames: int) -> np.ndarray:
+        if self._audio == SILENCE:
+            return audio_lib.silent_log_mel(num_frames)
+        if self._audio != OWN_AUDIO:
+            record = self._source[int(self._audio[index])]
+        return audio_lib.log_mel_examples(audio_lib.int16_to_float(record["audio"]), num_frames)
 
     def map(self, item: tuple[int, bool, float]) -> dict[str, np.ndarray]:
         index, is_memory, valid = item
@@ -67,12 +87,11 @@ class DecodeClip(grain.transforms.Map):
         frame_mask = np.asarray(record["frame_mask"], np.float32)
         labels = (self._memory_lut if is_memory else self._lut)[labels]
         labels[~label_mask] = IGNORE_INDEX
-        waveform = audio_lib.int16_to_float(record["audio"])
         # Padded frames are zero *after* normalisation, as in AVSBench's loader.
         normalized = transforms.normalize_imagenet(frames) * frame_mask[:, None, None, None]
         return {
             "frames": normalized,
-            "audio": audio_lib.log_mel_examples(waveform, frames.shape[0]),
+            "audio": self._log_mel(int(index), record, frames.shape[0]),
             "labels": labels.astype(np.int32),
             "label_mask": label_mask.astype(np.float32),
             "frame_mask": frame_mask,
@@ -113,8 +132,10 @@ def train_iterator(source, items: Sequence[tuple[int, bool, float]], *, current_
 
 def eval_batches(source, indices: Sequence[int], *, seen_mask: np.ndarray, batch_size: int,
                  image_size: int, worker_count: int = 0, shard_index: int = 0,
-                 shard_count: int = 1) -> Iterator[dict[str, Any]]:
-    """Evaluation batches over ``indices`` in order, padded to a static batch shape.
+                 shard_count: int = 1, audio: str | Mapping[int, int] = OWN_AUDIO
+                 ) -> Iterator[dict[str, Any]]:
+    """Evaluation batches over ``indices`` in order, padded to a static batch shape; the
+    clips' audio as ``audio`` says (``DecodeClip``).
 
     The last batch is completed with copies of the last clip whose ``valid`` flag is 0, so
     metrics weight them out while every batch keeps the same shape (no re-compilation).
@@ -129,7 +150,7 @@ def eval_batches(source, indices: Sequence[int], *, seen_mask: np.ndarray, batch
     items = [(i, False, 1.0) for i in indices] + [(indices[-1], False, 0.0)] * pad
     lut = label_lut(seen_mask)
     dataset = (grain.MapDataset.source(items)[shard_index::shard_count]
-               .map(DecodeClip(source, image_size, False, lut, lut))
+               .map(DecodeClip(source, image_size, False, lut, lut, audio))
                .batch(batch_size // shard_count))
     iter_dataset = dataset.to_iter_dataset()
     if worker_count > 0:
