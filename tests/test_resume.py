@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import finetune_runlocal_command
+from test_audio_dependence import check_run_audio_dependence
 from jax_cavs.core import checkpoint as ckpt_lib
 
 pytestmark = pytest.mark.slow
@@ -110,6 +111,7 @@ def test_killed_and_resumed_run_is_bitwise_identical(tmp_path, tiny_data_dir,
                                                      finetune_runlocal):
     reference = finetune_runlocal  # the same run, checkpointed only at task ends
     check_report(reference)
+    check_run_audio_dependence(reference, tiny_data_dir)
 
     resumed = str(tmp_path / "resumed")
     cmd = command(resumed, tiny_data_dir)
