@@ -1,9 +1,10 @@
 """What the loop writes for a person after each task, and what it shows for a finished run.
 
-After task t: the problem's probes (``probe_scores``), ``metrics.json``, the headline scores in TensorBoard (at the global optimiser
-step, the training scalars' axis), ``timings.json`` (``{"<t>": {"train": s, "end_task": s,
-"eval": s, "total": s}}``, ``progress.Timings``) and the report (``core.report`` with the
-problem's panels). A rerun on a finished workdir reads ``metrics.json`` and writes nothing.
+After task t: the problem's probes (``probe_scores``), ``metrics.json``, the headline scores
+in TensorBoard (at the global optimiser step, the training scalars' axis), ``timings.json``
+(``{"<t>": {"train": s, "end_task": s, "eval": s, "total": s}}``, ``progress.Timings``) and
+the report (``core.report`` with the problem's panels). A rerun on a finished workdir reads
+``metrics.json`` and writes nothing.
 """
 
 from __future__ import annotations

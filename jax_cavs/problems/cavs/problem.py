@@ -6,7 +6,7 @@ with a shared background (spec_cavs §1-§3).
   [N, T, H, W] (255 = ignore), ``label_mask`` [N, T] (annotated frames), ``is_memory`` [N],
   ``index`` [N], ``valid`` [N] (``streams.DecodeClip``);
 * model: the AVSBench model (``model.AVSModel``), logits [N, T, H, W, K] over all K classes;
-  ``drop={"audio"}`` feeds the log-mel of silence (``audio.silent_log_mel``; an all-zero
+  ``drop={"audio"}`` feeds the log-mel of silence (``data.audio.silent_log_mel``; an all-zero
   log-mel would be a loud broadband sound), so the visual-only twin of CMR, and its
   ``"zero_audio"`` learner, are the same network;
 * loss: per-pixel CE over the live classes, mean over the pixels of annotated frames of real

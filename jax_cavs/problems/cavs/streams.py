@@ -46,6 +46,7 @@ def label_lut(keep: np.ndarray) -> np.ndarray:
     return lut
 
 
+# ``DecodeClip``'s audio besides a mapping to other records: the clip's own, or silence.
 OWN_AUDIO, SILENCE = "own", "silence"
 
 
@@ -53,7 +54,7 @@ class DecodeClip(grain.transforms.Map):
     """``(record_index, is_memory, valid)`` -> one clip dict (label rules: module docstring).
 
     ``valid`` is 0 for the padding clips that complete the last evaluation batch. ``audio``:
-    ``OWN_AUDIO`` (the record's), ``SILENCE`` (``audio.silent_log_mel``) or a mapping
+    ``OWN_AUDIO`` (the record's), ``SILENCE`` (``data.audio.silent_log_mel``) or a mapping
     {record index: the record index whose audio it gets}.
     """
 
