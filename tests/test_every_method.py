@@ -31,12 +31,15 @@ METHODS = sorted(name[:-3] for name in os.listdir(CONFIG_DIR)
 
 
 def method_config(name: str, data_dir: str, arg: str = "runlocal"):
+    """``configs/<name>.py:<arg>`` on ``data_dir``, one epoch per task (what these tests check
+    is that every part of a method runs and composes, not how well it learns)."""
     spec = importlib.util.spec_from_file_location(f"config_{name}",
                                                   os.path.join(CONFIG_DIR, f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config(arg)
     config.dataset.data_dir = data_dir
+    config.train.epochs = 1
     return config
 
 
@@ -71,18 +74,37 @@ def test_every_method_has_a_config():
     assert set(METHODS) == cavs_strategies(), "one configs/<name>.py per strategy"
 
 
-@pytest.mark.parametrize("name", [m for m in METHODS if m != "finetune"])
-def test_every_config_runs_end_to_end_with_runlocal(name, first_task, tmp_path, tiny_data_dir):
+@pytest.fixture(scope="module")
+def method_runs(first_task, tmp_path_factory, tiny_data_dir):
+    """name -> (workdir, metrics) of ``configs/<name>.py:runlocal``, run on first use (the
+    methods whose first task is cross-entropy reuse ``first_task``'s)."""
+    runs = {}
+
+    def get(name: str):
+        if name not in runs:
+            config = method_config(name, tiny_data_dir)
+            if reuses(name):
+                config.first_task_from = first_task[0]
+            workdir = tmp_path_factory.mktemp(name)
+            runs[name] = (str(workdir), run(config, workdir))
+        return runs[name]
+    return get
+
+
+# The reuse test below takes the EWC run of the end-to-end test: one xdist worker runs both
+# (README's ``--dist loadgroup``).
+@pytest.mark.parametrize("name", [pytest.param(m, marks=pytest.mark.xdist_group("ewc"))
+                                  if m == "ewc" else m for m in METHODS if m != "finetune"])
+def test_every_config_runs_end_to_end_with_runlocal(name, first_task, method_runs,
+                                                    tiny_data_dir):
     source, source_metrics = first_task
     config = method_config(name, tiny_data_dir)
-    if reuses(name):
-        config.first_task_from = source
-    metrics = run(config, tmp_path)
+    workdir, metrics = method_runs(name)
     num_tasks = 1 if config.strategy.name == "joint" else 2
     assert metrics["method"] == config.strategy.name
     assert [t["task"] for t in metrics["tasks"]] == list(range(num_tasks))
     for t in range(num_tasks):
-        assert os.path.isdir(ckpt_lib.task_model_path(str(tmp_path), t))
+        assert os.path.isdir(ckpt_lib.task_model_path(workdir, t))
         assert all(0.0 <= v <= 1.0 for v in metrics["tasks"][t]["miou"].values()
                    if v is not None)
     if num_tasks == 2:
@@ -92,14 +114,15 @@ def test_every_config_runs_end_to_end_with_runlocal(name, first_task, tmp_path, 
         assert metrics["tasks"][0] == source_metrics["tasks"][0]
 
 
-def test_reusing_the_first_task_ends_where_training_it_ends(first_task, tmp_path,
+@pytest.mark.xdist_group("ewc")
+def test_reusing_the_first_task_ends_where_training_it_ends(method_runs, tmp_path,
                                                             tiny_data_dir):
     """EWC's first task is fine-tuning's (zero penalty, importance computed in end_task):
-    reusing fine-tuning's first task gives EWC's own run, to float32 reduction order."""
+    reusing fine-tuning's first task (the end-to-end test's EWC run) gives EWC's own run, to
+    float32 reduction order."""
+    assert reuses("ewc")
     trained = run(method_config("ewc", tiny_data_dir), tmp_path / "trained")
-    config = method_config("ewc", tiny_data_dir)
-    config.first_task_from = first_task[0]
-    reused = run(config, tmp_path / "reused")
+    reused = method_runs("ewc")[1]
     assert [t["task"] for t in reused["tasks"]] == [0, 1]
     # Same data, same initial parameters, the same gradients: the runs agree to float32
     # round-off (the two programs may fuse the loss differently).

@@ -176,21 +176,28 @@ def run_both(tmp_path, name: str, data_dir: str, *flags: str, config: str = RUNL
     return single_dir, two_dir
 
 
+@pytest.fixture(scope="module")
+def single_finetune(tmp_path_factory, tiny_data_dir):
+    """The single-process fine-tuning run (``RUN_FLAGS``): the reference of the two-process
+    run and the trained first task the memory tests reuse (``first_task_from``)."""
+    workdir = tmp_path_factory.mktemp("multiprocess") / "finetune_single"
+    finish(start_main(workdir, tiny_data_dir, 1, *RUN_FLAGS), f"{workdir}.log")
+    return workdir
+
+
 @pytest.mark.slow
-def test_two_local_processes_match_one(tmp_path, tiny_data_dir):
+def test_two_local_processes_match_one(tmp_path, tiny_data_dir, single_finetune):
     """Two processes with one CPU device each share the training and evaluation through
     jax.distributed and write one metrics.json, equal to the single-process run's within the
     tolerance of tests/test_parallel.py (the same float32 reduction-order argument: the global
-    batches hold the same clips, in another order).
-
-    The replay memory selected from one model (the first task, trained once and reused by
-    both runs: ``first_task_from``) is exactly the single-process run's, for herding and for
-    CMR's MSS (f^v = the learner with silent audio): every process selects from the whole task,
-    gathered in batch order, and ties within float32 rounding go to the earlier record
-    (``core.hostpass``, ``cl.selection``, ``mss.rank``). Memories of later tasks are not
-    compared: the learners the two runs train differ in their last bits, which can move a
-    pick; so does a CMR twin, which each run trains itself."""
-    single_dir, workdir = run_both(tmp_path, "finetune", tiny_data_dir, *RUN_FLAGS)
+    batches hold the same clips, in another order)."""
+    workdir = tmp_path / "finetune_two"
+    launcher = start_two(workdir, tiny_data_dir, *RUN_FLAGS)
+    try:
+        finish(launcher, f"{workdir}.log")
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
     with open(f"{workdir}.log") as f:
         primary = f.read()
     with open(workdir / "logs" / "process_1.log") as f:
@@ -199,19 +206,31 @@ def test_two_local_processes_match_one(tmp_path, tiny_data_dir):
     assert "jax.distributed: process 1 of 2, 1 of 2 devices" in secondary
     assert "Results in" in primary and "Results in" not in secondary  # process 0 reports
     assert os.listdir(workdir / "checkpoints")
-    assert_metrics_close(load_metrics(single_dir), load_metrics(workdir), atol=METRICS_ATOL)
+    assert_metrics_close(load_metrics(single_finetune), load_metrics(workdir),
+                         atol=METRICS_ATOL)
 
-    for name, config, memory_file in (
-            ("herding", "configs/replay.py:runlocal,selection=herding", "replay_0.json"),
-            ("mss", "configs/cmr.py:runlocal", "task_0.json")):
-        flags = (*RUN_FLAGS, f"--config.first_task_from={single_dir}",
-                 *(["--config.strategy.visual_model=zero_audio"] if name == "mss" else []))
-        one, two = run_both(tmp_path, name, tiny_data_dir, *flags, config=config)
-        records = []
-        for run in (one, two):
-            with open(run / "memory" / memory_file) as f:
-                records.append(memory_ids(json.load(f)))
-        assert records[0] and records[1] == records[0], name
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, config, memory_file", [
+    ("herding", "configs/replay.py:runlocal,selection=herding", "replay_0.json"),
+    ("mss", "configs/cmr.py:runlocal", "task_0.json")])
+def test_two_processes_select_the_single_process_memory(name, config, memory_file, tmp_path,
+                                                        tiny_data_dir, single_finetune):
+    """The replay memory selected from one model (the first task, trained once and reused by
+    both runs: ``first_task_from``) is exactly the single-process run's, for herding and for
+    CMR's MSS (f^v = the learner on silent audio): every process selects from the whole task,
+    gathered in batch order, and ties within float32 rounding go to the earlier record
+    (``core.hostpass``, ``cl.selection``, ``mss.rank``). Memories of later tasks are not
+    compared: the learners the two runs train differ in their last bits, which can move a
+    pick; so does a CMR twin, which each run trains itself."""
+    flags = (*RUN_FLAGS, f"--config.first_task_from={single_finetune}",
+             *(["--config.strategy.visual_model=zero_audio"] if name == "mss" else []))
+    one, two = run_both(tmp_path, name, tiny_data_dir, *flags, config=config)
+    records = []
+    for run in (one, two):
+        with open(run / "memory" / memory_file) as f:
+            records.append(memory_ids(json.load(f)))
+    assert records[0] and records[1] == records[0], name
 
 
 def memory_ids(record: dict) -> dict:

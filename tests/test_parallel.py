@@ -46,9 +46,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.dirname(os.path.abspath(__file__))
 NUM_CLASSES, T, SIZE, CLIPS = 9, 5, 32, 8
 STEP_RTOL = 1e-4
-# LLVM's optimisation level of XLA:CPU: at 0 the subprocesses compile about twice as fast;
-# the runs compared with each other always use the same flags.
-FAST_COMPILE = "--xla_backend_optimization_level=0"
 # Final metrics of runs that differ only in float32 reduction order (the runlocal test's doc).
 METRICS_ATOL = 5e-3
 RUNLOCAL = "configs/finetune.py:runlocal"
@@ -67,9 +64,9 @@ def model_config(cfg: ml_collections.ConfigDict, num_classes: int) -> ml_collect
 
 
 def subprocess_env(devices: int) -> dict[str, str]:
-    """This environment with ``devices`` CPU devices per JAX process, fast compilation, the
-    tests' persistent compilation cache (conftest.py) and tests/ importable."""
-    flags = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}"
+    """This environment (with conftest.py's fast compilation) with ``devices`` CPU devices
+    per JAX process, the tests' persistent compilation cache and tests/ importable."""
+    flags = os.environ.get("XLA_FLAGS", "")
     if devices > 1:
         flags += f" --xla_force_host_platform_device_count={devices}"
     env = {**os.environ, "XLA_FLAGS": flags.strip(), "JAX_PLATFORMS": "cpu",
