@@ -1,10 +1,13 @@
 """Atomic orbax checkpoints of the whole truth of a run.
 
-A checkpoint holds up to four items, written together by one ``CheckpointManager.save``
+A checkpoint holds up to five items, written together by one ``CheckpointManager.save``
 (orbax writes into a temporary directory and renames it when complete, so a killed run never
 leaves a half-written checkpoint that would be picked up):
 
-* ``state``: the ``ContinualState`` pytree (learner, teacher, importance, replay memory, masks);
+* ``state``: the ``ContinualState`` pytree (learner, teacher, importance, replay memory,
+  masks), its small leaves packed into one array per dtype (``core.packed_tree``: a
+  checkpoint of the ``runlocal`` state 3.3 s -> 0.3 s);
+* ``layout``: JSON, where ``packed_tree.pack`` put each leaf of ``state`` and ``aux``;
 * ``meta``: JSON with the run position (task, phase, step within the phase) and the results so
   far (accuracy matrix, per-task metrics); ``meta["aux"]`` names the auxiliary models held;
 * ``data``: JSON with the grain iterator state of the task stream in progress (or ``{}``);
@@ -25,6 +28,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from jax_cavs.core import packed_tree
 from jax_cavs.core.state import ContinualState
 
 
@@ -68,10 +72,14 @@ class Checkpointer:
         if sorted(aux or {}) != sorted(meta.get("aux", [])):
             raise ValueError(f"checkpoint {step}: aux models {sorted(aux or {})} do not match "
                              f"meta['aux'] = {meta.get('aux', [])}.")
-        items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta),
+        state_item, state_layout = packed_tree.pack(state)
+        items = dict(state=ocp.args.StandardSave(state_item), meta=ocp.args.JsonSave(meta),
                      data=ocp.args.JsonSave(data or {}))
+        layouts = {"state": state_layout}
         if aux:
-            items["aux"] = ocp.args.StandardSave(aux)
+            aux_item, layouts["aux"] = packed_tree.pack(aux)
+            items["aux"] = ocp.args.StandardSave(aux_item)
+        items["layout"] = ocp.args.JsonSave(layouts)
         self._manager.save(step, args=ocp.args.Composite(**items), force=True)
         self._manager.wait_until_finished()
 
@@ -83,19 +91,27 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint under {self.directory}")
-        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
         try:
-            meta = self._manager.restore(step, args=ocp.args.Composite(
-                meta=ocp.args.JsonRestore())).meta
-            items = dict(state=ocp.args.StandardRestore(abstract),
+            head = self._manager.restore(step, args=ocp.args.Composite(
+                meta=ocp.args.JsonRestore(), layout=ocp.args.JsonRestore()))
+            meta, layouts = head.meta, head.layout
+            aux_template = {name: template for name in meta.get("aux", [])}
+            wrong = packed_tree.mismatch(layouts["state"], template)
+            if aux_template and not wrong:
+                wrong = packed_tree.mismatch(layouts["aux"], aux_template)
+            if wrong:
+                raise ValueError(f"the saved state does not match this run's ({wrong})")
+            items = dict(state=ocp.args.StandardRestore(_abstract(template)),
                          meta=ocp.args.JsonRestore(), data=ocp.args.JsonRestore())
-            if meta.get("aux"):
-                items["aux"] = ocp.args.StandardRestore({name: abstract for name in meta["aux"]})
+            if aux_template:
+                items["aux"] = ocp.args.StandardRestore(_abstract(aux_template))
             restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+            state = packed_tree.unpack(restored.state, layouts["state"], template)
+            aux = (packed_tree.unpack(restored.aux, layouts["aux"], aux_template)
+                   if aux_template else {})
         except Exception as error:  # orbax/tensorstore raise many types for damaged files
             raise _corrupt(self.directory, step, error) from error
-        aux = dict(restored.aux) if meta.get("aux") else {}
-        return restored.state, dict(restored.meta), dict(restored.data or {}), aux
+        return state, dict(restored.meta), dict(restored.data or {}), aux
 
     def restore_raw(self, step: int | None = None) -> dict[str, Any]:
         """The latest (or given) checkpoint as plain nested dicts of arrays (no template),
@@ -103,11 +119,17 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         restored = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore(),
-            data=ocp.args.JsonRestore()))
-        return {"state": restored.state, "meta": restored.meta, "data": restored.data}
+            data=ocp.args.JsonRestore(), layout=ocp.args.JsonRestore()))
+        return {"state": packed_tree.unpack_raw(restored.state, restored.layout["state"]),
+                "meta": restored.meta, "data": restored.data}
 
     def close(self) -> None:
         self._manager.close()
+
+
+def _abstract(template) -> dict:
+    """The restore target of ``packed_tree.pack(template)``'s item."""
+    return packed_tree.abstract_item(template, ocp.utils.to_shape_dtype_struct)
 
 
 def _corrupt(directory: str, step: int, error: Exception) -> CorruptCheckpoint:
