@@ -15,6 +15,7 @@ import types
 import chex
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from absl.testing import absltest
 
 from jax_cavs.core import accuracy as continual
@@ -82,6 +83,29 @@ class ConfusionTest(chex.TestCase):
         _, per_class_b = segmentation.miou(CONFUSION_B)
         self.assertTrue(np.isnan(segmentation.group_miou(per_class_b, CONFUSION_B,
                                                          groups["new"])))
+
+    def test_absent_classes_count_zero_as_in_the_cmr_authors_code(self):
+        def authors(confusion, group):  # avss/utils/compute_color_metrics.py:112, test.py:200
+            hist = np.asarray(confusion, np.float64)
+            iu = np.diag(hist) / (hist.sum(1) + hist.sum(0) - np.diag(hist) + 1e-6)
+            return np.mean(iu[group])
+
+        groups = segmentation.report_groups([[1], [2]], 3)
+        for confusion in (CONFUSION_B, CONFUSION_A + CONFUSION_B):
+            _, per_class = segmentation.miou(confusion)
+            for name, group in groups.items():
+                got = segmentation.group_miou(per_class, confusion, group, absent="zero")
+                chex.assert_trees_all_close(got, np.float32(authors(confusion, group)),
+                                            rtol=RTOL, atol=1e-6)
+        # By hand on frame B (class 1 predicted once, never in GT; class 2 absent): 15/16, 0, 0.
+        _, per_class = segmentation.miou(CONFUSION_B)
+        chex.assert_trees_all_close(segmentation.group_miou(
+            per_class, CONFUSION_B, groups["old"], absent="zero"), np.float32(15 / 32),
+            rtol=RTOL)
+        self.assertTrue(np.isnan(segmentation.group_miou(per_class, CONFUSION_B,
+                                                         groups["new"])))
+        with self.assertRaisesRegex(ValueError, "eval.absent_classes: 'drop'"):
+            segmentation.group_miou(per_class, CONFUSION_B, groups["old"], absent="drop")
 
     def test_report_groups_of_a_three_task_scenario(self):
         groups = segmentation.report_groups([[1, 2], [3], [4]], 6)
@@ -246,3 +270,27 @@ class ContinualTest(absltest.TestCase):
 
 if __name__ == "__main__":
     absltest.main()
+
+
+def test_config_eval_absent_classes_reaches_the_evaluator(tiny_data_dir):
+    """``--config.eval.absent_classes=zero``: the run's evaluator scores the CMR authors' way
+    (finalize on frame B's matrix in the first classes: the first task's group averages 15/16
+    with zeros, new = 0 instead of undefined)."""
+    from jax_cavs.problems.cavs import config as config_base
+    from jax_cavs.problems.cavs.problem import CAVSProblem
+
+    config = config_base.base_config("finetune", config_base.parse_arg("runlocal"))
+    config.dataset.data_dir = tiny_data_dir
+    config.eval.absent_classes = "zero"
+    problem = CAVSProblem.from_config(config)
+    scenario = problem.scenario(joint=False)
+    seen = scenario.seen_mask(scenario.num_tasks - 1)
+    confusion = np.zeros((problem.num_classes,) * 2, np.int64)
+    confusion[:3, :3] = CONFUSION_B
+    first = scenario.group_mask(0)
+    miou = problem.evaluator.finalize(confusion, scenario, seen)["record"]["miou"]
+    assert miou["old"] == pytest.approx(15 / 16 / first.sum(), rel=RTOL)
+    assert miou["new"] == 0.0
+    config.eval.absent_classes = "none"
+    with pytest.raises(ValueError, match="eval.absent_classes: 'none' is not one of"):
+        CAVSProblem.from_config(config)

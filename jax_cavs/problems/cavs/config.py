@@ -109,6 +109,10 @@ def base_config(strategy: str, args: ml_collections.ConfigDict) -> ml_collection
         # the true one (metrics.json's audio_dependence, problems/cavs/audio_dependence.py):
         # two more passes over the test set and three over its distractor clips.
         audio_dependence=True,
+        # Classes absent from the test ground truth in the mIoU means: "exclude" (ours, as
+        # MiB/PLOP's per-class table) or "zero" (the CMR authors' code,
+        # avss/utils/compute_color_metrics.py:112, avss/test.py:200-201; metrics.group_miou).
+        absent_classes="exclude",
     ))
     config.parallel = ml_collections.ConfigDict(dict(
         data=-1,                   # devices on the data axis (-1: all that fsdp leaves)

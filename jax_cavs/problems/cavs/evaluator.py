@@ -5,7 +5,9 @@ clips and unannotated frames weighted out; ``finalize`` turns the matrix into pe
 the accuracy-matrix row (the mIoU of every report group) and the CMR tables' columns
 (spec_cavs §1.3): ``old`` = background + the first task's classes, ``new`` = every class
 learned after it, ``all`` = every seen class. Means run over the classes present in the
-ground truth; a group with none present is undefined (``None``), never 0.
+ground truth; a group with none present is undefined (``None``), never 0. With
+``absent="zero"`` (``config.eval.absent_classes``) absent classes count 0 in the means, as in
+the CMR authors' code (``metrics.group_miou``); per-class IoU stays ``None`` for them.
 """
 
 from __future__ import annotations
@@ -30,8 +32,11 @@ class SegmentationEvaluator:
 
     headline = "miou"
 
-    def __init__(self, num_classes: int):
-        self.num_classes = num_classes
+    def __init__(self, num_classes: int, absent: str = "exclude"):
+        if absent not in seg_metrics.ABSENT_CLASSES:
+            raise ValueError(f"eval.absent_classes: {absent!r} is not one of "
+                             f"{seg_metrics.ABSENT_CLASSES}.")
+        self.num_classes, self.absent = num_classes, absent
 
     def init(self) -> jnp.ndarray:
         return jnp.zeros((self.num_classes, self.num_classes), jnp.int32)
@@ -48,7 +53,7 @@ class SegmentationEvaluator:
         _, per_class = seg_metrics.miou(confusion)
 
         def score(mask: np.ndarray) -> float | None:
-            value = float(seg_metrics.group_miou(per_class, confusion, mask))
+            value = float(seg_metrics.group_miou(per_class, confusion, mask, self.absent))
             return None if np.isnan(value) else value
 
         first = scenario.group_mask(0)

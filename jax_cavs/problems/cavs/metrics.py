@@ -103,24 +103,38 @@ def _mean_where(values: jnp.ndarray, selected: jnp.ndarray) -> jnp.ndarray:
     return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
 
 
-def group_miou(per_class: jnp.ndarray, confusion, classes_mask) -> jnp.ndarray:
+ABSENT_CLASSES = ("exclude", "zero")
+
+
+def group_miou(per_class: jnp.ndarray, confusion, classes_mask,
+               absent: str = "exclude") -> jnp.ndarray:
     """mIoU over a group of classes (old / new / all columns of the CMR tables).
 
-    DECISION: the mean runs over the group's classes *present in the ground truth*, the same
-    rule as ``miou``; PLOP's ``average_csv.py`` instead counts absent classes as 0 in its
-    denominator. The two agree whenever every class of the group occurs in the test set.
+    DECISION: by default (``absent="exclude"``) the mean runs over the group's classes
+    *present in the ground truth*, the same rule as ``miou``. ``absent="zero"`` is the CMR
+    authors' rule: their per-class IoU ``diag / (row + col - diag + 1e-6)`` is 0 for a class
+    absent from the ground truth (``avss/utils/compute_color_metrics.py:112``), and the
+    old / new columns are plain means over the group's classes
+    (``avss/test.py:200-201``), as PLOP's ``average_csv.py`` also counts them. The two agree
+    whenever every class of the group occurs in the test set.
 
     Args:
       per_class: float [K] from ``miou``.
       confusion: [K, K] the matrix ``per_class`` came from (decides presence).
       classes_mask: bool [K] the group, e.g. from ``report_groups``.
+      absent: ``"exclude"`` or ``"zero"`` (above).
 
     Returns:
-      float32 scalar (NaN if no class of the group is present).
+      float32 scalar (NaN if the group is empty or, excluding absent classes, none of its
+      classes is present).
     """
+    if absent not in ABSENT_CLASSES:
+        raise ValueError(f"eval.absent_classes: {absent!r} is not one of {ABSENT_CLASSES}.")
+    group = jnp.asarray(classes_mask, bool)
+    if absent == "zero":
+        return _mean_where(jnp.nan_to_num(per_class, nan=0.0), group)
     present = _as_float32(confusion).sum(axis=1) > 0
-    selected = present & jnp.asarray(classes_mask, bool)
-    return _mean_where(per_class, selected)
+    return _mean_where(per_class, present & group)
 
 
 def report_groups(task_classes: Sequence[Sequence[int]], num_classes: int,

@@ -87,6 +87,7 @@ class CAVSProblem:
     config: ml_collections.ConfigDict | None = None
     dataset: sources.Dataset | None = None
     avm_weight: float = 0.0  # λ of ``loss_terms`` (``config.loss.avm_weight``)
+    absent_classes: str = "exclude"  # mIoU means (``config.eval.absent_classes``, evaluator)
 
     name = "cavs"
     has_background = True
@@ -100,10 +101,11 @@ class CAVSProblem:
         if config.loss.avm_weight and not model.tpavi_stages:
             raise ValueError("config field loss.avm_weight > 0 needs TPAVI stages (AVM "
                              "matches TPAVI's aligned audio); model.tpavi_stages is empty.")
-        return cls(model, config, dataset, avm_weight=float(config.loss.avm_weight))
+        return cls(model, config, dataset, avm_weight=float(config.loss.avm_weight),
+                   absent_classes=config.eval.absent_classes)
 
     def __post_init__(self):
-        self.evaluator = SegmentationEvaluator(self.num_classes)
+        self.evaluator = SegmentationEvaluator(self.num_classes, absent=self.absent_classes)
 
     @property
     def num_classes(self) -> int:
