@@ -47,7 +47,10 @@ def get_config(arg=None):
     # CSR (spec §6.3).
     s.csr = args.csr
     s.resample_ratio = 0.2              # round(0.2 |M|) draws [paper A.3]
-    s.collision_unit = "video"          # DECISION: eq 7 over the whole video
+    s.collision_unit = "video"          # DECISION: eq 7 over the whole video ("video_pair":
+                                        # the dominant (old, new) pair, avss/train.py:67-162)
     s.significance = "mean"             # DECISION (A): r̄ = mean ratio of the task's collisions
+                                        # ("fixed": r̄ = significance_share, as their code)
+    s.significance_share = 0.7          # avss/train.py:129
     s.smoothing = "sigmoid"             # eq 9; "standardized" is our invention
     return config

@@ -149,6 +149,47 @@ class CollisionStatisticsTest(chex.TestCase):
         self.assertEqual((video.colliding_units, frame.colliding_units), (2, 3))
 
 
+    def test_clip_pairs_by_hand(self):
+        # One clip of two 1x3 frames, K = 5, old {0, 1, 2}, new {3, 4}; the second frame is
+        # unannotated. Frame 0: labels (3, 4, 3), old predictions (1, 1, 0): pairs (1, 3), (1, 4).
+        labels = np.array([[[[3, 4, 3]], [[3, 3, 3]]]], np.int32)
+        pred = np.array([[[[1, 1, 0]], [[2, 2, 2]]]], np.int32)
+        old, current = np.array([1, 1, 1, 0, 0], bool), np.array([0, 0, 0, 1, 1], bool)
+        got = np.asarray(collision.clip_pair_counts(pred, labels, old, current,
+                                                    np.array([[1.0, 0.0]]), 5))
+        expected = np.zeros((1, 25), np.int64)
+        expected[0, [1 * 5 + 3, 1 * 5 + 4]] = 1
+        np.testing.assert_array_equal(got, expected)
+
+    def test_dominant_pair_and_the_authors_fixed_share(self):
+        # K = 5, old {0, 1, 2}, new {3, 4}. Video 0: (1,3) 4, (1,4) 4, (2,3) 5 pixels: by class,
+        # c* = 1 with 8/13; by pair (the authors' code), (2, 3) with 5/13, so c* = 2.
+        # Video 1: (1,3) 8, (2,3) 2 -> share 0.8 > 0.7. Video 2: (1,3) 7, (2,3) 3 -> share 0.7,
+        # not above it (strict, avss/train.py:129). Video 3: no collision.
+        clip_pairs = np.zeros((4, 5, 5), np.int64)
+        clip_pairs[0, 1, 3], clip_pairs[0, 1, 4], clip_pairs[0, 2, 3] = 4, 4, 5
+        clip_pairs[1, 1, 3], clip_pairs[1, 2, 3] = 8, 2
+        clip_pairs[2, 1, 3], clip_pairs[2, 2, 3] = 7, 3
+        per_frame = clip_pairs.sum(axis=2)[:, None, :]  # one frame per video: N(c) by class
+        old = np.array([1, 1, 1, 0, 0], bool)
+        flat = clip_pairs.reshape(4, 25)
+        authors = collision.collision_statistics(per_frame, old, "video_pair", "fixed",
+                                                 clip_pairs=flat)
+        self.assertEqual(authors.threshold, 0.7)
+        np.testing.assert_array_equal(authors.significant, [1, 0])  # video 1 only
+        np.testing.assert_array_equal(authors.collisions, [23, 10])
+        self.assertEqual(authors.colliding_units, 3)
+        low = collision.collision_statistics(per_frame, old, "video_pair", "fixed",
+                                             clip_pairs=flat, share=0.3)
+        np.testing.assert_array_equal(low.significant, [2, 1])  # video 0 counts for class 2
+        by_class = collision.collision_statistics(per_frame, old, "video", "fixed", share=0.3)
+        np.testing.assert_array_equal(by_class.significant, [3, 0])  # video 0 for class 1
+        with self.assertRaisesRegex(ValueError, "needs the per-video pair counts"):
+            collision.collision_statistics(per_frame, old, "video_pair", "fixed")
+        with self.assertRaisesRegex(ValueError, "significance_share=1.5"):
+            collision.collision_statistics(per_frame, old, "video", "fixed", share=1.5)
+
+
 class ResampleTest(absltest.TestCase):
 
     def test_resample_count_rounds_half_up(self):

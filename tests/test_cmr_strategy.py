@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest
 
+from jax_cavs.data import audio as audio_lib
 from jax_cavs.problems.cavs import collision
 from jax_cavs.problems.cavs import mss
 from jax_cavs.problems.cavs.problem import CAVSProblem
@@ -120,15 +121,19 @@ def test_config_arguments():
 
 # -- the jit'd passes over padded batches, with a stub model ------------------------------------
 
+SILENCE = float(audio_lib.silent_log_mel(1)[0, 0, 0])  # log(0.01), the log-mel of silence
+
+
 class _StubModel:
     """Stands in for ``AVSModel`` inside ``CAVSProblem.apply``: one-hot logits of class
-    ``frames[..., 0]``, or of ``frames[..., 1]`` on frames whose audio is nonzero."""
+    ``frames[..., 0]``, or of ``frames[..., 1]`` on frames whose audio is louder than silence
+    (dropped audio is silence, ``CAVSProblem.apply``)."""
 
     num_classes = 4
 
     @staticmethod
     def apply(variables, frames, audio, frame_mask, train=False):
-        heard = jnp.any(audio != 0, axis=(-2, -1))[..., None, None]
+        heard = jnp.any(audio > SILENCE, axis=(-2, -1))[..., None, None]
         classes = jnp.where(heard, frames[..., 1], frames[..., 0]).astype(jnp.int32)
         return jax.nn.one_hot(classes, 4) * variables["params"]["scale"], {}
 
@@ -141,7 +146,7 @@ def _stub_batches(frames, labels, audio_on, batch_size=2):
     for start in range(0, n + pad, batch_size):
         rows = index[start:start + batch_size]
         yield {"frames": frames[rows], "labels": labels[rows],
-               "audio": np.where(audio_on[rows][:, :, None, None], 1.0, 0.0) * np.ones(
+               "audio": np.where(audio_on[rows][:, :, None, None], 1.0, SILENCE) * np.ones(
                    (len(rows), t, 96, 64), np.float32),
                "label_mask": np.ones((len(rows), t), np.float32),
                "frame_mask": np.ones((len(rows), t), np.float32),
@@ -184,9 +189,10 @@ class PassTest(absltest.TestCase):
     def test_collision_pass_uses_the_old_classes_only(self):
         old = np.array([1, 1, 0, 0], bool)
         current = np.array([0, 0, 1, 1], bool)
-        ids, per_frame, pairs = collision.old_model_collisions(
+        ids, per_frame, pairs, clip_pairs = collision.old_model_collisions(
             CAVSProblem(_StubModel()), *self.params, old, current,
-            _stub_batches(self.frames, self.labels, self.audio_on), lambda batch: batch)
+            _stub_batches(self.frames, self.labels, self.audio_on), lambda batch: batch,
+            with_clip_pairs=True)
         # The old model's argmax over {0, 1}: class 1 where the one-hot class is 1, else 0.
         av_class = np.where(self.audio_on[..., None, None], self.audio_class, self.visual)
         pred = np.where(av_class == 1, 1, 0)
@@ -196,3 +202,6 @@ class PassTest(absltest.TestCase):
         np.testing.assert_array_equal(per_frame, expected)
         np.testing.assert_array_equal(pairs, expected_pairs)
         self.assertGreater(per_frame.sum(), 0)
+        np.testing.assert_array_equal(clip_pairs, collision.clip_pair_counts(
+            pred, self.labels, old, current, np.ones((3, 2)), 4))
+        np.testing.assert_array_equal(clip_pairs.sum(axis=0).reshape(4, 4), pairs)

@@ -23,11 +23,15 @@ DECISIONS (spec §6.3, each a config field of ``strategies.cmr.CMR``):
 
 * ``unit``: ``"video"`` (default, recommended) counts N_i(c) over all annotated frames of video
   i; ``"frame"`` computes c* and r for every annotated frame with a collision and counts
-  significant *frames* in f_c (the paper's "in a single frame").
+  significant *frames* in f_c (the paper's "in a single frame"); ``"video_pair"`` is the
+  authors' code (``avss/train.py:67-162``): per video the most common (old, new) *pair* of
+  its collision pixels and that pair's share of them, c* = the pair's old class (ties: the
+  smallest old, then new, id; their ``Counter.most_common`` keeps first-seen order).
 * ``significance``: ``"mean"`` (A, default) r̄ = mean of r_i over the colliding units of the task
   (the only rule that really filters); ``"uniform"`` (B) r̄ = 1 / |C_{1:t-1}| (old foreground
   classes); ``"class_mean"`` (C) r̄ = mean over the old classes that are some unit's c* of the
-  per-class mean of r. The comparison is strict (r_i > r̄), as the paper's prose says, so with
+  per-class mean of r; ``"fixed"`` r̄ = ``share`` (0.7 in the authors' code,
+  ``avss/train.py:129``). The comparison is strict (r_i > r̄), as the paper's prose says, so with
   rule A a task whose colliding units all have the same ratio has no significant collision and
   every f_c falls back to 1 (uniform replay).
 * ``smoothing``: ``"sigmoid"`` (default, the paper's eq 9; σ(f) ∈ [0.73, 1) for f >= 1, so
@@ -42,8 +46,9 @@ DECISIONS (spec §6.3, each a config field of ``strategies.cmr.CMR``):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -51,8 +56,9 @@ from jax_cavs.data import IGNORE_INDEX
 from jax_cavs.core import hostpass, xla
 from jax_cavs.problems.cavs import metrics as seg_metrics
 
-COUNTING_UNITS = ("video", "frame")
-SIGNIFICANCE_RULES = ("mean", "uniform", "class_mean")
+COUNTING_UNITS = ("video", "frame", "video_pair")
+SIGNIFICANCE_RULES = ("mean", "uniform", "class_mean", "fixed")
+AUTHORS_SHARE = 0.7  # avss/train.py:129
 SMOOTHINGS = ("sigmoid", "standardized")
 
 
@@ -63,6 +69,18 @@ def _check(value: str, valid: Sequence[str], field: str) -> None:
 
 
 # -- counting (jit-able) -------------------------------------------------------------------
+
+def _colliding_labels(pred, labels, old, current, frame_weights, num_classes):
+    """``labels`` where the pixel collides (a ``current`` label, an ``old`` foreground
+    prediction, an annotated frame), 255 elsewhere."""
+    old = jnp.asarray(old).at[0].set(False)  # background predictions are not collisions
+    in_range = (labels >= 0) & (labels < num_classes)
+    safe_labels = jnp.where(in_range, labels, 0)
+    safe_pred = jnp.clip(pred, 0, num_classes - 1)
+    colliding = (in_range & jnp.asarray(current)[safe_labels] & old[safe_pred]
+                 & (jnp.asarray(frame_weights) != 0)[..., None, None])
+    return jnp.where(colliding, labels, IGNORE_INDEX)
+
 
 def collision_counts(pred: jnp.ndarray, labels: jnp.ndarray, old: jnp.ndarray,
                      current: jnp.ndarray, frame_weights: jnp.ndarray, num_classes: int
@@ -85,31 +103,50 @@ def collision_counts(pred: jnp.ndarray, labels: jnp.ndarray, old: jnp.ndarray,
        pairs int32 [K, K]: pixels with old prediction ``o`` (row) and new label ``n`` (column),
        summed over the batch).
     """
-    old = jnp.asarray(old).at[0].set(False)  # background predictions are not collisions
-    in_range = (labels >= 0) & (labels < num_classes)
-    safe_labels = jnp.where(in_range, labels, 0)
-    safe_pred = jnp.clip(pred, 0, num_classes - 1)
-    colliding = (in_range & jnp.asarray(current)[safe_labels] & old[safe_pred]
-                 & (jnp.asarray(frame_weights) != 0)[..., None, None])
-    kept = jnp.where(colliding, labels, IGNORE_INDEX)
+    kept = _colliding_labels(pred, labels, old, current, frame_weights, num_classes)
     _, per_frame, _ = seg_metrics.class_areas(pred, kept, num_classes)
     # confusion_matrix has rows = label (new class), columns = prediction (old class).
     pairs = seg_metrics.confusion_matrix(pred, kept, num_classes).T
     return per_frame, pairs
 
 
-@xla.jit(static_argnames=("problem", "num_classes"))
-def _old_model_batch(problem, params, batch_stats, old, current, batch, *, num_classes):
+def clip_pair_counts(pred: jnp.ndarray, labels: jnp.ndarray, old: jnp.ndarray,
+                     current: jnp.ndarray, frame_weights: jnp.ndarray, num_classes: int
+                     ) -> jnp.ndarray:
+    """Collision pixels per clip and (old, new) pair, int32 [N, K·K] at index o·K + n (the
+    ``"video_pair"`` unit); arguments as ``collision_counts``."""
+    kept = _colliding_labels(pred, labels, old, current, frame_weights, num_classes)
+    per_clip = jax.vmap(lambda p, k: seg_metrics.confusion_matrix(p, k, num_classes).T)
+    return per_clip(pred, kept).reshape(pred.shape[0], num_classes * num_classes)
+
+
+@xla.jit(static_argnames=("problem", "num_classes", "with_clip_pairs"))
+def _old_model_batch(problem, params, batch_stats, old, current, batch, *, num_classes,
+                     with_clip_pairs):
     """One batch of the old-model pass: its prediction over the old classes, then the counts."""
     pred = problem.predict_with(params, batch_stats, old, batch)
     frame_weights = batch["label_mask"] * batch["frame_mask"] * batch["valid"][:, None]
-    return collision_counts(pred, batch["labels"], old, current, frame_weights, num_classes)
+    args = (pred, batch["labels"], old, current, frame_weights, num_classes)
+    per_frame, pairs = collision_counts(*args)
+    counts = {"per_frame": per_frame, "pairs": pairs}
+    if with_clip_pairs:
+        counts["clip_pairs"] = clip_pair_counts(*args)
+    return counts
+
+
+class Collisions(NamedTuple):
+    """The old-model pass over a task's videos (``old_model_collisions``)."""
+
+    ids: np.ndarray                 # int64 [N] record indices
+    per_frame: np.ndarray           # int64 [N, T, K]
+    pairs: np.ndarray               # int64 [K, K] (old, new) pixels over the task
+    clip_pairs: np.ndarray | None   # int64 [N, K·K] per video (``"video_pair"`` unit) or None
 
 
 def old_model_collisions(problem, params, batch_stats, old: np.ndarray, current: np.ndarray,
                          batches: Iterable[dict[str, np.ndarray]],
-                         device_batch: Callable[[dict], dict[str, Any]]
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                         device_batch: Callable[[dict], dict[str, Any]],
+                         with_clip_pairs: bool = False) -> Collisions:
     """Runs the frozen old model over the task's videos and counts collisions (jit'd per batch).
 
     Args:
@@ -118,28 +155,33 @@ def old_model_collisions(problem, params, batch_stats, old: np.ndarray, current:
       batches: padded eval batches over the task's training videos with the task's labels
         (``TaskContext.batches(indices, labels="current")``).
       device_batch: host batch -> device arrays (``TaskContext.device_batch``).
-
-    Returns:
-      (ids int64 [N] record indices, per_frame int64 [N, T, K], pairs int64 [K, K]).
+      with_clip_pairs: also count every video's (old, new) pairs (``clip_pair_counts``).
     """
     num_classes = int(np.asarray(old).shape[0])
     old, current = jnp.asarray(old), jnp.asarray(current)
 
     def counts(batch):
-        per_frame, pairs = _old_model_batch(problem, params, batch_stats, old, current,
-                                            device_batch(batch), num_classes=num_classes)
-        return {"per_frame": per_frame, "pairs": pairs}
+        return _old_model_batch(problem, params, batch_stats, old, current, device_batch(batch),
+                                num_classes=num_classes, with_clip_pairs=with_clip_pairs)
 
     out = hostpass.collect(counts, batches, sums=("pairs",))
-    return out["ids"], out["per_frame"].astype(np.int64), out["pairs"]
+    clip_pairs = out["clip_pairs"].astype(np.int64) if with_clip_pairs else None
+    return Collisions(out["ids"], out["per_frame"].astype(np.int64), out["pairs"], clip_pairs)
 
 
 # -- statistics (host-side numpy) -----------------------------------------------------------
 
-def counting_units(per_frame: np.ndarray, unit: str) -> np.ndarray:
-    """Counts per counting unit: int64 [N, K] summed over frames (``"video"``) or
-    [N·T, K] one row per frame (``"frame"``), from ``per_frame`` [N, T, K]."""
+def counting_units(per_frame: np.ndarray, unit: str, clip_pairs: np.ndarray | None = None
+                   ) -> np.ndarray:
+    """Counts per counting unit: int64 [N, K] summed over frames (``"video"``),
+    [N·T, K] one row per frame (``"frame"``), from ``per_frame`` [N, T, K]; or
+    ``clip_pairs`` [N, K·K] per video and (old, new) pair (``"video_pair"``)."""
     _check(unit, COUNTING_UNITS, "collision_unit")
+    if unit == "video_pair":
+        if clip_pairs is None:
+            raise ValueError("counting_units: unit 'video_pair' needs the per-video pair "
+                             "counts (old_model_collisions(..., with_clip_pairs=True)).")
+        return np.asarray(clip_pairs, np.int64)
     per_frame = np.asarray(per_frame, np.int64)
     if unit == "video":
         return per_frame.sum(axis=1)
@@ -167,18 +209,25 @@ def most_confusing(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 
 def significance_threshold(c_star: np.ndarray, ratio: np.ndarray, colliding: np.ndarray,
-                           rule: str, num_old_classes: int) -> float:
+                           rule: str, num_old_classes: int, share: float = AUTHORS_SHARE
+                           ) -> float:
     """r̄, the ratio a collision must exceed to be significant (DECISION, module doc).
 
     Args:
       c_star, ratio, colliding: from ``most_confusing``.
-      rule: ``"mean"`` (A), ``"uniform"`` (B) or ``"class_mean"`` (C).
+      rule: ``"mean"`` (A), ``"uniform"`` (B), ``"class_mean"`` (C) or ``"fixed"``.
       num_old_classes: |C_{1:t-1}|, the old foreground classes (rule B).
+      share: r̄ of rule ``"fixed"``.
 
     Returns:
       r̄ (``inf`` when no unit collides under rules A and C: nothing is significant).
     """
     _check(rule, SIGNIFICANCE_RULES, "significance")
+    if rule == "fixed":
+        if not 0.0 <= share < 1.0:
+            raise ValueError(f"config field strategy.significance_share={share} must be in "
+                             f"[0, 1) (the authors' code uses {AUTHORS_SHARE}).")
+        return float(share)
     if rule == "uniform":
         if num_old_classes < 1:
             raise ValueError("significance_threshold: rule 'uniform' needs at least one old "
@@ -281,23 +330,30 @@ class CollisionStatistics:
 
 
 def collision_statistics(per_frame: np.ndarray, old: np.ndarray, unit: str = "video",
-                         significance: str = "mean", smoothing: str = "sigmoid"
-                         ) -> CollisionStatistics:
+                         significance: str = "mean", smoothing: str = "sigmoid",
+                         clip_pairs: np.ndarray | None = None,
+                         share: float = AUTHORS_SHARE) -> CollisionStatistics:
     """Eqs 6-9 from the per-frame collision counts of the whole task.
 
     Args:
       per_frame: int [N, T, K] from ``collision_counts`` over the task's videos.
       old: bool [K] old classes (background included; background is dropped here).
       unit, significance, smoothing: the DECISIONS of the module doc.
+      clip_pairs: int [N, K·K] from ``clip_pair_counts`` (unit ``"video_pair"`` only).
+      share: r̄ of the ``"fixed"`` significance rule.
     """
     classes = np.flatnonzero(np.asarray(old, bool))
     classes = classes[classes != 0]
-    counts = counting_units(per_frame, unit)
+    counts = counting_units(per_frame, unit, clip_pairs)
     c_star, ratio, colliding = most_confusing(counts)
-    threshold = significance_threshold(c_star, ratio, colliding, significance, len(classes))
+    if unit == "video_pair":
+        c_star = c_star // np.asarray(old).shape[0]  # the dominant pair's old class
+    threshold = significance_threshold(c_star, ratio, colliding, significance, len(classes),
+                                       share)
     significant, frequency = collision_frequency(c_star, ratio, colliding, threshold, classes)
+    collisions = np.asarray(per_frame, np.int64).sum(axis=(0, 1))[classes]
     return CollisionStatistics(
-        classes=classes, collisions=counts.sum(axis=0)[classes], significant=significant,
+        classes=classes, collisions=collisions, significant=significant,
         frequency=frequency, probability=replay_probabilities(frequency, smoothing),
         threshold=threshold, colliding_units=int(colliding.sum()))
 

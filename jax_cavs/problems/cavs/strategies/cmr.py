@@ -114,8 +114,10 @@ class CMR(PLOP):
       twin_loss: the visual-only twin's loss, ``"ce"`` or ``"learner"`` (module doc).
       csr: resample the memory by collisions; off, the task replays M once.
       resample_ratio: |R| / |M| (0.2).
-      collision_unit: ``"video"`` or ``"frame"`` (``memory.collision`` module doc).
-      significance: r̄ rule, ``"mean"``, ``"uniform"`` or ``"class_mean"``.
+      collision_unit: ``"video"``, ``"frame"`` or the authors' code's ``"video_pair"``
+        (``collision`` module doc).
+      significance: r̄ rule, ``"mean"``, ``"uniform"``, ``"class_mean"`` or ``"fixed"``.
+      significance_share: r̄ of ``"fixed"`` (0.7, ``avss/train.py:129``).
       smoothing: ``"sigmoid"`` (eq 9) or ``"standardized"`` (our invention).
       memory_pseudo_labels: ``"background"`` or ``"none"`` (module doc).
     """
@@ -132,6 +134,7 @@ class CMR(PLOP):
     resample_ratio: float = 0.2
     collision_unit: str = "video"
     significance: str = "mean"
+    significance_share: float = collision.AUTHORS_SHARE
     smoothing: str = "sigmoid"
     memory_pseudo_labels: str = "background"
 
@@ -180,20 +183,20 @@ class CMR(PLOP):
 
     def collision_replay(self, state: ContinualState, ctx: base.TaskContext) -> np.ndarray:
         """CSR (eqs 6-9): the old model on the new videos -> class probabilities -> R."""
-        _, per_frame, pairs = collision.old_model_collisions(
+        found = collision.old_model_collisions(
             ctx.problem, state.old_params, state.old_batch_stats, np.asarray(state.old),
             np.asarray(state.current), ctx.batches(ctx.train_indices, labels="current"),
-            ctx.device_batch)
-        stats = collision.collision_statistics(per_frame, np.asarray(state.old),
-                                               self.collision_unit, self.significance,
-                                               self.smoothing)
+            ctx.device_batch, with_clip_pairs=self.collision_unit == "video_pair")
+        stats = collision.collision_statistics(
+            found.per_frame, np.asarray(state.old), self.collision_unit, self.significance,
+            self.smoothing, found.clip_pairs, self.significance_share)
         class_videos = {int(c): state.memory.ids_of_class(int(c)) for c in stats.classes}
         count = collision.resample_count(state.memory.size(), self.resample_ratio)
         drawn_classes, draw = collision.resample(class_videos, stats.classes,
                                                  stats.probability, count,
                                                  _stream(ctx, _CSR_STREAM))
         write_record(ctx, f"collisions_{ctx.task.index}.json", collision_record(
-            ctx.task.index, stats, pairs, class_videos, drawn_classes, draw,
+            ctx.task.index, stats, found.pairs, class_videos, drawn_classes, draw,
             state.memory.size(),
             unit=self.collision_unit, significance=self.significance,
             smoothing=self.smoothing, resample_ratio=self.resample_ratio))
