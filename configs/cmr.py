@@ -39,6 +39,7 @@ def get_config(arg=None):
     s.memory_per_class = args.memory    # k = 5 [paper A.3]; ablation 3 / 5 / 7
     s.selection = args.selection        # smallest |Δ_i|, Δ_i = s^av_i - s^v_i (eq 5)
     s.score_convention = "union"        # DECISION: per-frame mIoU over classes with union > 0
+                                        # ("sum" + score_classes "seen": the authors' code)
     s.score_classes = "current"         # DECISION: argmax over background + new classes
     s.visual_model = args.visual        # DECISION: f^v is a trained visual-only twin
                                         # ("zero_audio": the learner with zeroed audio)

@@ -19,6 +19,7 @@ from test_cmr import RTOL_F32
 # 7/12 under both conventions. Frame 1: label [[2,2],[0,255]], pred [[1,2],[0,0]] (one pixel
 # ignored) -> IoU_bg 1, IoU_1 0 (predicted, absent), IoU_2 1/2: "union" 1/2, "avsbench" 3/4.
 # Video 1: frame 0 fully ignored (NaN, skipped), frame 1 unannotated -> no scored frame -> 0.
+# The authors' "sum" (every class's IoU summed over the frames): 7/6 + 3/2 = 8/3 and 0.
 SCORE_LABELS = np.array([[[[0, 1], [1, 1]], [[2, 2], [0, 255]]],
                          [[[255, 255], [255, 255]], [[1, 1], [1, 1]]]], np.int32)
 SCORE_PRED = np.array([[[[0, 1], [0, 1]], [[1, 2], [0, 0]]],
@@ -39,6 +40,11 @@ class VideoScoreTest(chex.TestCase):
         fn = self.variant(functools.partial(mss.video_scores, num_classes=3))
         chex.assert_trees_all_close(fn(SCORE_PRED, SCORE_LABELS, np.array([[1, 0], [1, 0]])),
                                     np.array([7 / 12, 0.0], np.float32), rtol=RTOL_F32)
+        fn = self.variant(functools.partial(mss.video_scores, num_classes=3, convention="sum"))
+        chex.assert_trees_all_close(fn(SCORE_PRED, SCORE_LABELS, weights),
+                                    np.array([8 / 3, 0.0], np.float32), rtol=RTOL_F32)
+        chex.assert_trees_all_close(fn(SCORE_PRED, SCORE_LABELS, np.array([[1, 0], [1, 0]])),
+                                    np.array([7 / 6, 0.0], np.float32), rtol=RTOL_F32)
 
     @chex.variants(with_jit=True, without_jit=True)
     def test_class_presence_uses_weighted_frames_only(self):

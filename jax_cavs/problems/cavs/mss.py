@@ -25,7 +25,11 @@ DECISIONS (config fields of ``strategies.cmr.CMR``):
   (default; mean IoU over the classes with nonzero union, background included) or
   ``"avsbench"`` (AVSBench's ``Σ IoU / #{IoU > 0}``). Frames whose mIoU is undefined (NaN:
   no valid pixel, or no intersecting class under ``"avsbench"``) are skipped; a video without
-  any scored frame scores 0.
+  any scored frame scores 0. ``"sum"`` is the authors' code (``avss/shapely_conrtibution.py:
+  127-129`` with ``avss/utils/compute_color_metrics.py:215-242``): s^m_i = Σ_t Σ_c IoU_{t,c},
+  a sum over the frames and every class (0 where a class is in neither prediction nor
+  label), not a mean; with ``classes = "seen"`` it is their score. Unlike their code it skips
+  unannotated and padded frames and the predictions on ignored (255) pixels.
 * ``classes``, the classes the argmax runs over (bool [K] built by the strategy): by default
   background plus the task's new classes, i.e. exactly the classes of Y_t (spec §6.2 leaves it
   open). Scoring over every seen class would also count an old-class prediction on an old
@@ -46,25 +50,32 @@ from jax_cavs.core.memory import ReplayMemory
 from jax_cavs.problems.cavs import metrics as seg_metrics
 
 SELECTION_RULES = ("mss", "smallest", "largest", "random")
+SCORE_CONVENTIONS = (*seg_metrics.PER_FRAME_CONVENTIONS, "sum")
 
 
 # -- scoring (jit-able) ----------------------------------------------------------------------
 
 def video_scores(pred: jnp.ndarray, labels: jnp.ndarray, frame_weights: jnp.ndarray,
                  num_classes: int, convention: str = "union") -> jnp.ndarray:
-    """Eqs 3-4: per-video mean of the per-frame mIoU over the annotated frames.
+    """Eqs 3-4: per-video mean of the per-frame mIoU over the annotated frames (``"sum"``:
+    the sum of every class's IoU over them).
 
     Args:
       pred, labels: int [N, T, H, W] (labels: 255 ignored).
       frame_weights: float/bool [N, T]; frames with 0 (unannotated, padded) are skipped.
       num_classes: K (static).
-      convention: ``"union"`` or ``"avsbench"`` (module doc).
+      convention: ``"union"``, ``"avsbench"`` or ``"sum"`` (module doc).
 
     Returns:
       float32 [N]; 0 for a video without any scored frame.
     """
+    annotated = jnp.asarray(frame_weights) != 0
+    if convention == "sum":
+        iou, _, _ = seg_metrics.avsbench_frame_scores(
+            *seg_metrics.class_areas(pred, labels, num_classes))
+        return jnp.sum(jnp.where(annotated, iou.sum(axis=-1), 0.0), axis=-1)
     per_frame = seg_metrics.per_frame_miou(pred, labels, num_classes, convention)
-    scored = (jnp.asarray(frame_weights) != 0) & ~jnp.isnan(per_frame)
+    scored = annotated & ~jnp.isnan(per_frame)
     total = jnp.sum(jnp.where(scored, per_frame, 0.0), axis=-1)
     count = jnp.sum(scored, axis=-1)
     return jnp.where(count > 0, total / jnp.maximum(count, 1), 0.0)
@@ -129,9 +140,9 @@ def score_videos(problem, av_variables: tuple[Any, Any], v_variables: tuple[Any,
       device_batch: host batch -> device arrays.
       convention: per-frame mIoU convention.
     """
-    if convention not in seg_metrics.PER_FRAME_CONVENTIONS:
+    if convention not in SCORE_CONVENTIONS:
         raise ValueError(f"config field strategy.score_convention={convention!r} is not one "
-                         f"of {seg_metrics.PER_FRAME_CONVENTIONS}.")
+                         f"of {SCORE_CONVENTIONS}.")
     classes = jnp.asarray(classes)
     num_classes = int(classes.shape[0])
 

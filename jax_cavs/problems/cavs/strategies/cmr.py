@@ -68,7 +68,6 @@ import numpy as np
 from jax_cavs.core import distributed, jsonio
 from jax_cavs.problems.cavs import collision
 from jax_cavs.problems.cavs import mss
-from jax_cavs.problems.cavs import metrics as seg_metrics
 from jax_cavs.core.state import ContinualState
 from jax_cavs.core import strategy as base
 from jax_cavs.cl.strategies.finetune import Finetune
@@ -107,7 +106,8 @@ class CMR(PLOP):
       memory_per_class: k, videos kept per class (5; ablation 3 / 5 / 7); the memory holds
         k x (K - 1) slots.
       selection: MSS rule, ``"mss"`` (smallest |Δ|), ``"smallest"``, ``"largest"``, ``"random"``.
-      score_convention: per-frame mIoU of the scores, ``"union"`` or ``"avsbench"``.
+      score_convention: per-frame mIoU of the scores, ``"union"`` or ``"avsbench"``, or the
+        authors' code's ``"sum"`` over frames and classes (``mss`` module doc).
       score_classes: classes the scoring argmax runs over, ``"current"`` (background + new)
         or ``"seen"`` (``memory.mss`` module doc).
       visual_model: f^v, a trained ``"twin"`` or the learner with ``"zero_audio"``.
@@ -141,7 +141,7 @@ class CMR(PLOP):
     def __post_init__(self):
         super().__post_init__()
         choices = {"selection": mss.SELECTION_RULES,
-                   "score_convention": seg_metrics.PER_FRAME_CONVENTIONS,
+                   "score_convention": mss.SCORE_CONVENTIONS,
                    "score_classes": SCORE_CLASSES, "visual_model": VISUAL_MODELS,
                    "twin_loss": TWIN_LOSSES,
                    "collision_unit": collision.COUNTING_UNITS,
