@@ -22,7 +22,10 @@ def get_config(arg=None):
     config.strategy.pod_logits_factor = 0.0005  # pod_options switch.after.factor (logits)
     config.strategy.pod_scales = (1, 2, 4)      # _local_pod default spp_scales
     config.strategy.pod_schedule = True         # use_pod_schedule
+    config.strategy.pod_stages = "backbone"     # DECISION: ResNet stages ("neck": the CMR
+                                                # authors' post-TPAVI maps, train.py:622-631)
     config.strategy.pod_pre_logits = "decoder"  # DECISION (spec §5.6(b)): D1
+    config.strategy.pod_logits = "small"        # DECISION: H/2 logits ("full": CMR's code)
     config.strategy.pseudo_threshold = 0.001    # --pseudo entropy --threshold 0.001
     config.strategy.adaptive_factor = True      # --classif_adaptive_factor
     config.strategy.init_balanced = True        # --init_balanced

@@ -115,22 +115,28 @@ def _local_pod(x, scales):
     return _reference_local_pod(x, [scale for scale in scales if scale <= x.shape[-1]])
 
 
-def _pod(teacher, student, batch, pre_logits="decoder", scales=(1, 2, 4)):
+def _pod(teacher, student, batch, pre_logits="decoder", scales=(1, 2, 4), stages="backbone",
+         logits="small", schedule=True):
     def maps(o):
         extra = o.features["decoder"] if pre_logits == "decoder" else o.features["neck"][-1]
-        return [*o.features["backbone"], extra]
+        return [*o.features[stages], extra]
 
     def nchw(x):
         return np.moveaxis(_f64(x), -1, 1)
 
-    a_small = nchw(teacher.features["logits_small"])[:, :C_OLD]
-    b_small = nchw(student.features["logits_small"])[:, :K_T]
+    def logits_of(o):
+        if logits == "small":
+            return o.features["logits_small"]
+        return np.reshape(o.logits, (-1, *np.shape(o.logits)[2:]))
+
+    a_small = nchw(logits_of(teacher))[:, :C_OLD]
+    b_small = nchw(logits_of(student))[:, :K_T]
     folded = b_small[:, :C_OLD].copy()
     folded[:, 0] = b_small[:, 0] + b_small[:, C_OLD:].sum(axis=1)
     pairs = [(nchw(a), nchw(b), 0.01) for a, b in zip(maps(teacher), maps(student))]
     pairs.append((a_small, folded, 0.0005))
     w = _frame_weights(batch, labelled=False).reshape(-1)
-    schedule = np.sqrt(K_T / (K_T - C_OLD))
+    schedule = np.sqrt(K_T / (K_T - C_OLD)) if schedule else 1.0
     layers = []
     for a, b, factor in pairs:
         diff = _local_pod(a ** 2, scales) - _local_pod(b ** 2, scales)
@@ -216,6 +222,15 @@ class LossTest(chex.TestCase):
         got = strategy.pod_distillation(_state(1, strategy), batch, student, teacher)
         chex.assert_trees_all_close(got, np.float32(_pod(teacher, student, batch, "neck")),
                                     rtol=RTOL)
+        # The CMR authors' maps (avss/train.py:622-631, POD schedule off: config.py:99-100):
+        # the 4 neck maps, the decoder output and the full-resolution logits.
+        authors = _strategy("plop", {"pod_stages": "neck", "pod_logits": "full",
+                                     "pod_schedule": False})
+        got = authors.pod_distillation(_state(1, authors), batch, student, teacher)
+        chex.assert_trees_all_close(got, np.float32(_pod(
+            teacher, student, batch, stages="neck", logits="full", schedule=False)), rtol=RTOL)
+        self.assertNotAlmostEqual(float(got), float(strategy.pod_distillation(
+            _state(1, strategy), batch, student, teacher)), places=6)
 
     def test_unseen_classes_get_zero_gradient(self):
         teacher = _outputs(8)

@@ -25,12 +25,15 @@ never overwrite its true old labels (``losses.pseudo_labels.background_mask``, s
 
 Mapping of POD to the AVS model (spec §5.6(b) DECISIONs; the choice of map is a field):
 
-* stage entries: the 4 ResNet stage outputs ``features["backbone"]``. They are post-ReLU
-  (PLOP distils pre-activation block outputs, which ``AVSModel`` does not expose);
+* stage entries (``pod_stages``): the 4 ResNet stage outputs ``features["backbone"]``
+  (default). They are post-ReLU (PLOP distils pre-activation block outputs, which
+  ``AVSModel`` does not expose). ``"neck"``: the 4 post-TPAVI neck maps, as the CMR authors'
+  code distils (``avss/train.py:622-631``);
 * ``pod_pre_logits``: ``"decoder"`` (default) distils D1, the last fused map before the output
   head, like PLOP's DeepLab head output; ``"neck"`` distils the deepest TPAVI-fused map F_3;
-* logits entry: ``features["logits_small"]``, the model's 2x2 average of the logits (H/2),
-  standing for PLOP's logits before upsampling;
+* logits entry (``pod_logits``): ``"small"`` (default) ``features["logits_small"]``, the
+  model's 2x2 average of the logits (H/2), standing for PLOP's logits before upsampling;
+  ``"full"`` the logits at frame resolution, as the CMR authors' code;
 * small maps: scales larger than a map's width are dropped for that map (``pod_loss``'s
   ``fit_scales``): the AVS model's stage-4 map is 7 px at 224 (all of 1, 2, 4 apply, as in
   PLOP) but 1-2 px at the 32-64 px of SynthAVS, where PLOP's code would average empty regions;
@@ -54,6 +57,16 @@ from jax_cavs.core import strategy as base
 from jax_cavs.problems.cavs.problem import pixel_weights
 from jax_cavs.problems.cavs.strategies.mib import begin_balanced
 
+# The 4 maps distilled as PLOP's stage entries.
+POD_STAGES = {
+    "backbone": lambda features: features["backbone"],
+    "neck": lambda features: features["neck"],
+}
+# The logits entry: [N*T, h, w, K].
+POD_LOGITS = {
+    "small": lambda outputs: outputs.features["logits_small"],
+    "full": lambda outputs: outputs.logits.reshape(-1, *outputs.logits.shape[2:]),
+}
 # The map distilled as PLOP's "pre_logits" entry (``AVSModel`` features, [N*T, h, w, c]).
 PRE_LOGITS_FEATURES = {
     "decoder": lambda features: features["decoder"],
@@ -110,8 +123,10 @@ class PLOP(base.Strategy):
       pod_logits_factor: λ of the logits entry (0.0005, the "after" switch factor).
       pod_scales: Local POD grid sizes (1, 2, 4).
       pod_schedule: multiply POD by sqrt(K_t / |C_t|) (``use_pod_schedule``).
+      pod_stages: DECISION, the 4 maps standing for PLOP's stages, a key of ``POD_STAGES``.
       pod_pre_logits: DECISION, the map standing for PLOP's "pre_logits", a key of
         ``PRE_LOGITS_FEATURES``.
+      pod_logits: DECISION, the logits entry, a key of ``POD_LOGITS``.
       pseudo_threshold: floor of the per-class entropy thresholds (0.001).
       adaptive_factor: scale each frame's CE by its share of confident background pixels
         (``classif_adaptive_factor``).
@@ -125,15 +140,19 @@ class PLOP(base.Strategy):
     pod_logits_factor: float = 0.0005
     pod_scales: tuple[int, ...] = (1, 2, 4)
     pod_schedule: bool = True
+    pod_stages: str = "backbone"
     pod_pre_logits: str = "decoder"
+    pod_logits: str = "small"
     pseudo_threshold: float = pseudo_labels.BASE_THRESHOLD
     adaptive_factor: bool = True
     init_balanced: bool = True
 
     def __post_init__(self):
-        if self.pod_pre_logits not in PRE_LOGITS_FEATURES:
-            raise ValueError(f"config field strategy.pod_pre_logits={self.pod_pre_logits!r} "
-                             f"is not a known map; valid: {sorted(PRE_LOGITS_FEATURES)}.")
+        for field, valid in (("pod_stages", POD_STAGES), ("pod_pre_logits", PRE_LOGITS_FEATURES),
+                             ("pod_logits", POD_LOGITS)):
+            if getattr(self, field) not in valid:
+                raise ValueError(f"config field strategy.{field}={getattr(self, field)!r} is "
+                                 f"not a known map; valid: {sorted(valid)}.")
         scales = tuple(int(s) for s in self.pod_scales)
         if not scales or min(scales) < 1:
             raise ValueError(f"config field strategy.pod_scales={self.pod_scales!r} must be "
@@ -185,16 +204,16 @@ class PLOP(base.Strategy):
         return reduce.masked_mean(ce * kappa[..., None, None], self.problem.weights(batch))
 
     def pod_distillation(self, state, batch, student, teacher):
-        """Local POD over the 4 stages, the pre-logits map and the small logits; 0 on task 0."""
-        select = PRE_LOGITS_FEATURES[self.pod_pre_logits]
+        """Local POD over the 4 stage maps, the pre-logits map and the logits; 0 on task 0."""
+        stages, select = POD_STAGES[self.pod_stages], PRE_LOGITS_FEATURES[self.pod_pre_logits]
+        logits = POD_LOGITS[self.pod_logits]
 
         def maps(features):
-            return (*features["backbone"], select(features))
+            return (*stages(features), select(features))
 
         distance = pod.pod_loss(
             maps(teacher.features), maps(student.features),
-            old_logits=teacher.features["logits_small"],
-            new_logits=student.features["logits_small"], old=state.old,
+            old_logits=logits(teacher), new_logits=logits(student), old=state.old,
             current=state.current, seen=state.seen, feature_weight=self.pod_factor,
             logits_weight=self.pod_logits_factor, scales=self.pod_scales,
             use_schedule=self.pod_schedule, fit_scales=True,
