@@ -47,6 +47,7 @@ def get_config(arg=None):
                                         # ("zero_audio": the learner with zeroed audio)
     s.twin_loss = "ce"                  # DECISION: the visual-only twin trains with plain CE
     s.memory_pseudo_labels = "background"  # DECISION (§6.1): PLOP relabels y == 0 of replays
+                                           # ("overwrite": old GT too, avss/train.py:499)
     # CSR (spec §6.3).
     s.csr = args.csr
     s.resample_ratio = 0.2              # round(0.2 |M|) draws [paper A.3]

@@ -71,7 +71,7 @@ class StrategyTest(absltest.TestCase):
         logits = np.zeros((2, 1, 2, 2, 3), np.float32)
         logits[..., 1] = 20.0
         state = types.SimpleNamespace(
-            extras={"thresholds": np.ones(3, np.float32)}, task=np.int32(1),
+            extras={"thresholds": np.full(3, 0.1, np.float32)}, task=np.int32(1),
             old=np.array([1, 1, 0], bool), seen=np.ones(3, bool))
         batch = {"labels": labels, "is_memory": np.array([False, True])}
         teacher = Outputs(logits, {})
@@ -82,6 +82,19 @@ class StrategyTest(absltest.TestCase):
         np.testing.assert_array_equal(relabelled[0], [[[1, 2], [1, 1]]])
         np.testing.assert_array_equal(relabelled[1], labels[1])
         chex.assert_trees_all_close(np.asarray(kappa)[1], np.ones(1, np.float32))
+        # The authors' "overwrite": where the teacher is unsure (uniform logits: PLOP's
+        # normalised entropy ln 2 / 2 / ln 2 / ln 3 = 0.455, above the threshold 0.1) the
+        # replayed clip's old class 1 becomes 255;
+        # the default keeps it. The new class 2 is never relabelled.
+        logits[1, 0, 0, 0] = 0.0
+        teacher = Outputs(logits, {})
+        relabelled, kappa = CMR(memory_pseudo_labels="overwrite").relabel_background(
+            state, batch, teacher)
+        np.testing.assert_array_equal(relabelled[1], [[[255, 1], [1, 2]]])
+        chex.assert_trees_all_close(np.asarray(kappa)[1], np.full(1, 2 / 3, np.float32),
+                                    rtol=1e-6)  # 2 confident of 3 relabelled pixels
+        relabelled, _ = CMR().relabel_background(state, batch, teacher)
+        np.testing.assert_array_equal(relabelled[1], labels[1] + np.array([[[0, 1], [1, 0]]]))
 
     def test_collision_record_shape(self):
         from jax_cavs.problems.cavs.strategies.cmr import collision_record

@@ -49,7 +49,10 @@ Memory and PLOP's pseudo-labels (spec §6.1): a replayed clip carries its true l
 seen classes and PLOP's background mask is ``y == 0`` on it, so pseudo-labels never
 overwrite its old labels (``losses.pseudo_labels.background_mask``).
 ``memory_pseudo_labels="background"`` (default) lets PLOP relabel its background pixels like
-any other clip's; ``"none"`` keeps its labels as they are, with adaptive factor 1.
+any other clip's; ``"none"`` keeps its labels as they are, with adaptive factor 1;
+``"overwrite"`` is the authors' code (``avss/train.py:499``, ``label < old_classes`` on every
+clip): the replayed clip's old-class ground truth is replaced by the teacher's pseudo-label,
+or 255 where the teacher is unsure.
 
 Outputs (process 0): ``DIR/memory/task_<t>.json`` (MSS, ``mss.selection_record``) for every
 task but the last, and, for t >= 1 with CSR on, ``DIR/memory/collisions_<t>.json``
@@ -77,7 +80,7 @@ from jax_cavs.problems.cavs.strategies.plop import PLOP
 SCORE_CLASSES = ("current", "seen")
 VISUAL_MODELS = ("twin", "zero_audio")
 TWIN_LOSSES = ("ce", "learner")
-MEMORY_PSEUDO_LABELS = ("background", "none")
+MEMORY_PSEUDO_LABELS = ("background", "none", "overwrite")
 TWIN = "visual_twin"  # the twin's name in ``TaskContext.aux`` and the checkpoints
 # Independent random streams derived from ``ctx.rng``, so that a task resumed after its
 # training draws the same MSS selection as an uninterrupted one.
@@ -119,7 +122,7 @@ class CMR(PLOP):
       significance: r̄ rule, ``"mean"``, ``"uniform"``, ``"class_mean"`` or ``"fixed"``.
       significance_share: r̄ of ``"fixed"`` (0.7, ``avss/train.py:129``).
       smoothing: ``"sigmoid"`` (eq 9) or ``"standardized"`` (our invention).
-      memory_pseudo_labels: ``"background"`` or ``"none"`` (module doc).
+      memory_pseudo_labels: ``"background"``, ``"none"`` or ``"overwrite"`` (module doc).
     """
 
     name = "cmr"
@@ -248,7 +251,10 @@ class CMR(PLOP):
     # -- inside jit -------------------------------------------------------------------------
     def relabel_background(self, state, batch, teacher):
         """PLOP's relabelling; with ``memory_pseudo_labels="none"`` replayed clips keep their
-        labels and an adaptive factor of 1."""
+        labels and an adaptive factor of 1, with ``"overwrite"`` they are relabelled as new
+        clips are (old classes included)."""
+        if self.memory_pseudo_labels == "overwrite":
+            batch = {**batch, "is_memory": jnp.zeros_like(batch["is_memory"])}
         labels, kappa = super().relabel_background(state, batch, teacher)
         if self.memory_pseudo_labels == "none":
             memory = batch["is_memory"][:, None]
