@@ -12,6 +12,15 @@ Arguments (after ``:``, comma-separated), for the paper's ablations (Table 3):
   memory=3|5|7                            videos per class
   visual=twin|zero_audio                  f^v: trained visual-only twin / learner, audio zeroed
   runlocal                                tiny SynthAVS, small model, 2 epochs
+  official                                the authors' code's choices (below)
+
+``official`` selects what CMR's released code does (``../shared/design/cmr_official_code.md``):
+PLOP as their code runs it (``config_base.authors_plop_code``), the MSS score summed over
+frames and every seen class (``avss/shapely_conrtibution.py:127-129``), CSR's dominant
+(old, new) pair per video kept above a 0.7 share (``avss/train.py:67-162``, ``:129``), and
+replayed clips' old ground truth overwritten by pseudo-labels (``avss/train.py:499``). Not
+yet in it: their separately trained TPAVI "vv" twin (ours: the twin fed silence) and the
+best-validation checkpoint over the current task's classes.
 
   python -m jax_cavs.main --config configs/cmr.py --workdir workdirs/cmr
   python -m jax_cavs.main --config configs/cmr.py:selection=random --workdir workdirs/cmr_random
@@ -23,7 +32,7 @@ from jax_cavs.problems.cavs import config as config_base
 
 def get_config(arg=None):
     args = config_base.parse_arg(arg, selection="mss", csr=True, memory=5,
-                                 visual="twin")
+                                 visual="twin", official=False)
     config = config_base.base_config("cmr", args)
     s = config.strategy
     # PLOP [PLOP:argparser.py --method PLOP], as configs/plop.py.
@@ -57,4 +66,9 @@ def get_config(arg=None):
                                         # ("fixed": r̄ = significance_share, as their code)
     s.significance_share = 0.7          # avss/train.py:129
     s.smoothing = "sigmoid"             # eq 9; "standardized" is our invention
+    if args.official:
+        config_base.authors_plop_code(config)
+        s.update(dict(score_convention="sum", score_classes="seen", collision_unit="video_pair",
+                      significance="fixed", significance_share=0.7,
+                      memory_pseudo_labels="overwrite"))
     return config

@@ -8,15 +8,20 @@ SGD); ``config_base`` sets ``optimizer.lr_incremental = lr / 2`` on SynthAVS and
 in the ``:avsbench`` setting (see configs/lwf.py); the optimiser is the one all methods of the
 comparison share.
 
+``official``: PLOP as the CMR authors' code runs it (``config_base.authors_plop_code``: POD
+schedule off, their POD maps, no adaptive factor, absent classes counted 0; on AVSBench lr
+1e-4 at every step, 4 clips per step).
+
   python -m jax_cavs.main --config configs/plop.py --workdir workdirs/plop
   python -m jax_cavs.main --config configs/plop.py:runlocal --workdir /tmp/plop
+  python -m jax_cavs.main --config configs/plop.py:official --workdir workdirs/plop_official
 """
 
 from jax_cavs.problems.cavs import config as config_base
 
 
 def get_config(arg=None):
-    args = config_base.parse_arg(arg)
+    args = config_base.parse_arg(arg, official=False)
     config = config_base.base_config("plop", args)
     config.strategy.pod_factor = 0.01           # --pod_factor 0.01, pod = "local"
     config.strategy.pod_logits_factor = 0.0005  # pod_options switch.after.factor (logits)
@@ -29,4 +34,6 @@ def get_config(arg=None):
     config.strategy.pseudo_threshold = 0.001    # --pseudo entropy --threshold 0.001
     config.strategy.adaptive_factor = True      # --classif_adaptive_factor
     config.strategy.init_balanced = True        # --init_balanced
+    if args.official:
+        config_base.authors_plop_code(config)
     return config

@@ -174,3 +174,19 @@ def avsbench(config: ml_collections.ConfigDict, runlocal: bool) -> None:
         config.optimizer.update(dict(lr=1e-3, lr_incremental=5e-4))
         config.train.update(dict(batch_size=2, epochs=1, worker_count=0, log_every=5,
                                  batch_to_devices=True))
+
+
+def authors_plop_code(config: ml_collections.ConfigDict) -> None:
+    """PLOP as the CMR authors' code runs it (``../shared/design/cmr_official_code.md`` d, f;
+    ``configs/plop.py:official``, and under CMR's): POD schedule off (``avss/config.py:99-100``),
+    the 4 post-TPAVI neck maps, the decoder output and the full-resolution logits distilled
+    (``avss/train.py:622-631``), the adaptive factor without effect (``avss/loss.py:491`` adds
+    the loss before ``:507`` scales it), absent classes counted 0 in the mIoU means
+    (``avss/utils/compute_color_metrics.py:112``); on AVSBench Adam at 1e-4 at every step and 4
+    clips per step (``avss/config.py``; 1 clip x 4 GPUs)."""
+    config.strategy.update(dict(pod_schedule=False, pod_stages="neck", pod_pre_logits="decoder",
+                                pod_logits="full", adaptive_factor=False))
+    config.eval.absent_classes = "zero"
+    if config.dataset.name == "avsbench_semantic" and not config.arg.get("runlocal", False):
+        config.optimizer.update(dict(lr=1e-4, lr_incremental=1e-4))
+        config.train.batch_size = 4
