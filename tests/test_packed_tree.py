@@ -18,7 +18,8 @@ from jax_cavs.core.state import create_state
 def tree():
     params = {"conv": {"kernel": jnp.arange(24.0).reshape(2, 3, 4), "bias": jnp.ones(4)},
               "head": [jnp.full((3,), 2.0, jnp.bfloat16), jnp.arange(5, dtype=jnp.int32)]}
-    return {"params": params, "opt": optax.adam(1e-3).init(params), "flag": np.bool_(True)}
+    return {"params": params, "opt": optax.adam(1e-3).init(params), "flag": np.bool_(True),
+            "count": 3}
 
 
 def test_small_leaves_share_one_array_per_dtype_and_large_ones_stay(monkeypatch):
@@ -28,7 +29,7 @@ def test_small_leaves_share_one_array_per_dtype_and_large_ones_stay(monkeypatch)
     assert by_path[("params", "conv", "kernel")]["where"] == "arrays"
     bias = by_path[("params", "conv", "bias")]
     assert bias["where"] == "packed" and bias["shape"] == [4] and bias["dtype"] == "float32"
-    assert sorted(item["packed"]) == ["bfloat16", "bool", "float32", "int32"]
+    assert sorted(item["packed"]) == ["bfloat16", "bool", "float32", "int32", "int64"]
     # float32 small leaves: the bias and Adam's mu / nu of it, back to back in flattening
     # order (Adam's count is the packed int32).
     flat = item["packed"]["float32"]
@@ -44,7 +45,8 @@ def test_unpack_rebuilds_the_exact_tree(monkeypatch, small_bytes):
     monkeypatch.setattr(packed_tree, "SMALL_BYTES", small_bytes)
     original = tree()
     item, entries = packed_tree.pack(original)
-    template = jax.tree_util.tree_map(jnp.zeros_like, original)
+    template = jax.tree_util.tree_map(  # Python scalars stay what they are
+        lambda x: jnp.zeros_like(x) if hasattr(x, "dtype") else x, original)
     back = packed_tree.unpack(item, entries, template)
     assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(original)
     chex.assert_trees_all_equal(back, original)
@@ -78,4 +80,29 @@ def test_a_checkpoint_of_another_state_is_refused_by_name(tmp_path):
         checkpointer.restore(state(5))
     raw = checkpointer.restore_raw()
     np.testing.assert_array_equal(raw["state"]["params"]["dense"]["kernel"], np.ones((2, 3)))
+    checkpointer.close()
+
+
+def test_a_checkpoint_written_before_packing_still_resumes(tmp_path):
+    """Checkpoints of older runs hold ``state`` leaf by leaf and no ``layout``: restored as they
+    were written (a run started with an older jax_cavs resumes)."""
+    import orbax.checkpoint as ocp
+
+    params = {"dense": {"kernel": jnp.arange(6.0).reshape(2, 3), "bias": jnp.ones(3)}}
+    state = create_state({"params": params}, optax.adam(1e-3), num_classes=4, memory_capacity=2,
+                         use_importance=False, extras={})
+    manager = ocp.CheckpointManager(str(tmp_path / "checkpoints"), options=ocp.
+                                    CheckpointManagerOptions(enable_async_checkpointing=False))
+    manager.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                            meta=ocp.args.JsonSave({"task": 1}),
+                                            data=ocp.args.JsonSave({})))
+    manager.wait_until_finished()
+    manager.close()
+    checkpointer = ckpt_lib.Checkpointer(str(tmp_path))
+    restored, meta, data, aux = checkpointer.restore(state)
+    chex.assert_trees_all_equal(restored.params, state.params)
+    chex.assert_trees_all_equal(restored.opt_state, state.opt_state)
+    assert (meta, data, aux) == ({"task": 1}, {}, {})
+    raw = checkpointer.restore_raw()
+    np.testing.assert_array_equal(raw["state"]["params"]["dense"]["bias"], np.ones(3))
     checkpointer.close()

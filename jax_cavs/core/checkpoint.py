@@ -7,7 +7,9 @@ leaves a half-written checkpoint that would be picked up):
 * ``state``: the ``ContinualState`` pytree (learner, teacher, importance, replay memory,
   masks), its small leaves packed into one array per dtype (``core.packed_tree``: a
   checkpoint of the ``runlocal`` state 3.3 s -> 0.3 s);
-* ``layout``: JSON, where ``packed_tree.pack`` put each leaf of ``state`` and ``aux``;
+* ``layout``: JSON, where ``packed_tree.pack`` put each leaf of ``state`` and ``aux``
+  (checkpoints written before packing have none and are restored leaf by leaf, so a run
+  started with an older jax_cavs resumes);
 * ``meta``: JSON with the run position (task, phase, step within the phase) and the results so
   far (accuracy matrix, per-task metrics); ``meta["aux"]`` names the auxiliary models held;
 * ``data``: JSON with the grain iterator state of the task stream in progress (or ``{}``);
@@ -91,6 +93,8 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint under {self.directory}")
+        if not self._packed(step):
+            return self._restore_leaf_by_leaf(template, step)
         try:
             head = self._manager.restore(step, args=ocp.args.Composite(
                 meta=ocp.args.JsonRestore(), layout=ocp.args.JsonRestore()))
@@ -113,15 +117,38 @@ class Checkpointer:
             raise _corrupt(self.directory, step, error) from error
         return state, dict(restored.meta), dict(restored.data or {}), aux
 
+    def _packed(self, step: int) -> bool:
+        return os.path.isdir(os.path.join(self.directory, str(step), "layout"))
+
+    def _restore_leaf_by_leaf(self, template: ContinualState, step: int):
+        """``restore`` of a checkpoint written before packing (no ``layout`` item)."""
+        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+        try:
+            meta = self._manager.restore(step, args=ocp.args.Composite(
+                meta=ocp.args.JsonRestore())).meta
+            items = dict(state=ocp.args.StandardRestore(abstract),
+                         meta=ocp.args.JsonRestore(), data=ocp.args.JsonRestore())
+            if meta.get("aux"):
+                items["aux"] = ocp.args.StandardRestore({name: abstract for name in meta["aux"]})
+            restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as error:  # orbax/tensorstore raise many types for damaged files
+            raise _corrupt(self.directory, step, error) from error
+        aux = dict(restored.aux) if meta.get("aux") else {}
+        return restored.state, dict(restored.meta), dict(restored.data or {}), aux
+
     def restore_raw(self, step: int | None = None) -> dict[str, Any]:
         """The latest (or given) checkpoint as plain nested dicts of arrays (no template),
         for inspection and tools."""
         step = self.latest_step() if step is None else step
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore(),
-            data=ocp.args.JsonRestore(), layout=ocp.args.JsonRestore()))
-        return {"state": packed_tree.unpack_raw(restored.state, restored.layout["state"]),
-                "meta": restored.meta, "data": restored.data}
+        packed = self._packed(step)
+        items = dict(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore(),
+                     data=ocp.args.JsonRestore())
+        if packed:
+            items["layout"] = ocp.args.JsonRestore()
+        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        state = (packed_tree.unpack_raw(restored.state, restored.layout["state"]) if packed
+                 else restored.state)
+        return {"state": state, "meta": restored.meta, "data": restored.data}
 
     def close(self) -> None:
         self._manager.close()

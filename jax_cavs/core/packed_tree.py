@@ -34,11 +34,13 @@ def layout(tree) -> list[dict[str, Any]]:
     (``"packed"`` at ``offset`` of its dtype's array, or ``"arrays"`` under ``name``)."""
     entries, offsets = [], {}
     for i, (path, leaf) in enumerate(jax.tree_util.tree_flatten_with_path(tree)[0]):
-        dtype, shape = np.dtype(leaf.dtype).name, [int(d) for d in np.shape(leaf)]
-        entry = {"path": [_key(k) for k in path], "dtype": dtype, "shape": shape}
-        if int(np.prod(shape, dtype=np.int64)) * np.dtype(leaf.dtype).itemsize <= SMALL_BYTES:
-            entry.update(where="packed", offset=offsets.get(dtype, 0))
-            offsets[dtype] = entry["offset"] + int(np.prod(shape, dtype=np.int64))
+        # Python scalars (no .dtype) are saved as numpy's 0-d arrays of their type.
+        dtype = np.dtype(getattr(leaf, "dtype", None) or np.asarray(leaf).dtype)
+        shape = [int(d) for d in np.shape(leaf)]
+        entry = {"path": [_key(k) for k in path], "dtype": dtype.name, "shape": shape}
+        if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize <= SMALL_BYTES:
+            entry.update(where="packed", offset=offsets.get(dtype.name, 0))
+            offsets[dtype.name] = entry["offset"] + int(np.prod(shape, dtype=np.int64))
         else:
             entry.update(where="arrays", name=f"{i:05d}")
         entries.append(entry)
