@@ -93,48 +93,37 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint under {self.directory}")
-        if not self._packed(step):
-            return self._restore_leaf_by_leaf(template, step)
+        packed = self._packed(step)  # checkpoints written before packing have no layout
         try:
             head = self._manager.restore(step, args=ocp.args.Composite(
-                meta=ocp.args.JsonRestore(), layout=ocp.args.JsonRestore()))
-            meta, layouts = head.meta, head.layout
+                meta=ocp.args.JsonRestore(),
+                **({"layout": ocp.args.JsonRestore()} if packed else {})))
+            meta = head.meta
             aux_template = {name: template for name in meta.get("aux", [])}
-            wrong = packed_tree.mismatch(layouts["state"], template)
-            if aux_template and not wrong:
-                wrong = packed_tree.mismatch(layouts["aux"], aux_template)
-            if wrong:
-                raise ValueError(f"the saved state does not match this run's ({wrong})")
-            items = dict(state=ocp.args.StandardRestore(_abstract(template)),
+            if packed:
+                layouts = head.layout
+                wrong = packed_tree.mismatch(layouts["state"], template)
+                if aux_template and not wrong:
+                    wrong = packed_tree.mismatch(layouts["aux"], aux_template)
+                if wrong:
+                    raise ValueError(f"the saved state does not match this run's ({wrong})")
+            target = _abstract if packed else _leaf_by_leaf
+            items = dict(state=ocp.args.StandardRestore(target(template)),
                          meta=ocp.args.JsonRestore(), data=ocp.args.JsonRestore())
             if aux_template:
-                items["aux"] = ocp.args.StandardRestore(_abstract(aux_template))
+                items["aux"] = ocp.args.StandardRestore(target(aux_template))
             restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-            state = packed_tree.unpack(restored.state, layouts["state"], template)
-            aux = (packed_tree.unpack(restored.aux, layouts["aux"], aux_template)
-                   if aux_template else {})
+            state, aux = restored.state, dict(restored.aux) if aux_template else {}
+            if packed:
+                state = packed_tree.unpack(state, layouts["state"], template)
+                if aux_template:
+                    aux = packed_tree.unpack(restored.aux, layouts["aux"], aux_template)
         except Exception as error:  # orbax/tensorstore raise many types for damaged files
             raise _corrupt(self.directory, step, error) from error
         return state, dict(restored.meta), dict(restored.data or {}), aux
 
     def _packed(self, step: int) -> bool:
         return os.path.isdir(os.path.join(self.directory, str(step), "layout"))
-
-    def _restore_leaf_by_leaf(self, template: ContinualState, step: int):
-        """``restore`` of a checkpoint written before packing (no ``layout`` item)."""
-        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
-        try:
-            meta = self._manager.restore(step, args=ocp.args.Composite(
-                meta=ocp.args.JsonRestore())).meta
-            items = dict(state=ocp.args.StandardRestore(abstract),
-                         meta=ocp.args.JsonRestore(), data=ocp.args.JsonRestore())
-            if meta.get("aux"):
-                items["aux"] = ocp.args.StandardRestore({name: abstract for name in meta["aux"]})
-            restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-        except Exception as error:  # orbax/tensorstore raise many types for damaged files
-            raise _corrupt(self.directory, step, error) from error
-        aux = dict(restored.aux) if meta.get("aux") else {}
-        return restored.state, dict(restored.meta), dict(restored.data or {}), aux
 
     def restore_raw(self, step: int | None = None) -> dict[str, Any]:
         """The latest (or given) checkpoint as plain nested dicts of arrays (no template),
@@ -157,6 +146,11 @@ class Checkpointer:
 def _abstract(template) -> dict:
     """The restore target of ``packed_tree.pack(template)``'s item."""
     return packed_tree.abstract_item(template, ocp.utils.to_shape_dtype_struct)
+
+
+def _leaf_by_leaf(template):
+    """The restore target of a checkpoint written before packing: ``template``'s leaves."""
+    return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
 
 
 def _corrupt(directory: str, step: int, error: Exception) -> CorruptCheckpoint:
